@@ -1,0 +1,44 @@
+# fieldota — see README.md. Every target works on a fresh Debian machine with Go installed.
+GO        ?= go
+BIN       ?= bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+PKGS      := ./...
+# Fuzz targets run briefly on every `make test`: name them here as package:FuzzName.
+FUZZTIME  ?= 5s
+FUZZ      ?=
+
+.PHONY: all build test unit fuzz lint demo bench deps clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+deps:
+	scripts/deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# The whole suite: lint, every package under the race detector (end-to-end tests included: they
+# start the emulator, mosquitto and the real Debian tools themselves), then the fuzz targets.
+test: deps lint unit fuzz
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+fuzz:
+	@for f in $(FUZZ); do pkg=$${f%%:*}; name=$${f##*:}; \
+	  echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+
+demo: build
+	$(BIN)/fieldota demo
+
+bench: build
+	$(GO) run ./test/bench
+
+clean:
+	rm -rf $(BIN)

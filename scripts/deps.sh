@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian tools the tests drive for real. Run as root it installs what is missing;
+# run as anyone else it only checks, and fails loudly naming what is missing: tests never skip.
+set -euo pipefail
+
+# command -> Debian package that provides it
+declare -A need=(
+  [mosquitto]=mosquitto
+  [fw_printenv]=libubootenv-tool
+  [fw_setenv]=libubootenv-tool
+  [grub-editenv]=grub-common
+  [openssl]=openssl
+  [curl]=curl
+)
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+missing=()
+for cmd in "${!need[@]}"; do
+  have "$cmd" || missing+=("${need[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && { echo "deps: all test tools present"; exit 0; }
+
+mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing ${pkgs[*]}; run 'sudo scripts/deps.sh' (tests need them and will not skip)" >&2
+  exit 1
+fi
+echo "deps: installing ${pkgs[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# The package lists may be stale on a fresh machine; refresh once, quietly.
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# Debian's mosquitto package enables a system broker on :1883; tests start their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+for cmd in "${!need[@]}"; do
+  have "$cmd" || { echo "deps: $cmd still missing after install" >&2; exit 1; }
+done
+echo "deps: ok"
