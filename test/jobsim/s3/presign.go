@@ -1,4 +1,5 @@
-package jobsim
+// Package s3 is the emulator's stand-in for Amazon S3: presigned URLs and the artifact server.
+package s3
 
 import (
 	"crypto/hmac"
