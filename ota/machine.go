@@ -1,0 +1,162 @@
+package ota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/fieldota/fieldota/ota/reason"
+)
+
+// Handler runs one state of a job. It may change the journal (the machine saves it with the
+// next state) and returns the event that ends the state. An error means the handler could not
+// finish for a reason that is not the job's fault (context canceled, agent shutting down): the
+// machine stops without a transition and the state runs again on the next start.
+type Handler func(ctx context.Context, j *Journal) (Event, error)
+
+// Machine runs a journal through the handlers.
+type Machine struct {
+	Store    *Store
+	Handlers map[State]Handler
+	// MaxTransitions breaks loops (a payload that crashes the agent in install, a device that
+	// keeps rebooting): past it the job is reported FAILED INTERNAL. States that may repeat
+	// (report, cleanup) are exempt.
+	MaxTransitions int
+	Logger         *slog.Logger
+	Now            func() time.Time
+	// OnTransition, if set, is called after each transition is persisted and before the next
+	// state runs: tests use it to kill the process in a chosen state.
+	OnTransition func(j *Journal)
+}
+
+// DefaultMaxTransitions is generous for the longest flow (slot: about 10 states plus
+// a reboot or two) and small enough to stop a crash loop within a few restarts.
+const DefaultMaxTransitions = 30
+
+var loopExempt = map[State]bool{StateReport: true, StateCleanup: true, StateDone: true}
+
+func (m *Machine) log() *slog.Logger {
+	if m.Logger != nil {
+		return m.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (m *Machine) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+// Begin persists a new job in StateAccept and runs it.
+func (m *Machine) Begin(ctx context.Context, j *Journal) error {
+	j.State = StateAccept
+	j.StartedAt = m.now().UTC()
+	if err := m.Store.Save(j); err != nil {
+		return err
+	}
+	return m.Run(ctx, j)
+}
+
+// ResumeJournal applies the resume rule to a journal found at start and runs it.
+func (m *Machine) ResumeJournal(ctx context.Context, j *Journal) error {
+	r, err := Resume(j.State)
+	if err != nil {
+		return err
+	}
+	m.log().Info("resuming job", "job", j.JobID, "execution", j.ExecutionNumber, "state", j.State, "resume", r)
+	j.State = r
+	j.Restarts++
+	if err := m.enter(j); err != nil {
+		return err
+	}
+	return m.Run(ctx, j)
+}
+
+// Run executes j from its current (already persisted) state until done, or until a handler
+// returns an error (then the journal stays where it is, to be resumed).
+func (m *Machine) Run(ctx context.Context, j *Journal) error {
+	for j.State != StateDone {
+		h, ok := m.Handlers[j.State]
+		if !ok {
+			return fmt.Errorf("no handler for state %q", j.State)
+		}
+		ev, err := h(ctx, j)
+		if err != nil {
+			return fmt.Errorf("state %s: %w", j.State, err)
+		}
+		next, terr := Next(j.State, ev)
+		if terr != nil {
+			// A handler returned an event its state does not know: report, don't guess.
+			m.log().Error("bad transition", "job", j.JobID, "err", terr)
+			fail(j, reason.Internal, terr.Error())
+			next = StateReport
+		}
+		m.log().Debug("transition", "job", j.JobID, "from", j.State, "event", ev, "to", next)
+		j.State = next
+		if err := m.enter(j); err != nil {
+			return err
+		}
+	}
+	return m.Store.Remove()
+}
+
+// enter counts the transition, applies the loop breaker and persists the journal before the
+// state runs.
+func (m *Machine) enter(j *Journal) error {
+	j.Transitions++
+	max := m.MaxTransitions
+	if max == 0 {
+		max = DefaultMaxTransitions
+	}
+	if j.Transitions > max && !loopExempt[j.State] {
+		m.log().Error("loop breaker tripped", "job", j.JobID, "state", j.State, "transitions", j.Transitions)
+		detail := fmt.Sprintf("update stopped after %d transitions (last state %s): the agent kept restarting", j.Transitions, j.State)
+		if j.Report != nil && j.Report.Details["reason"] != "" {
+			detail += "; earlier failure: " + j.Report.Details["reason"]
+		}
+		fail(j, reason.Internal, detail)
+		j.State = StateReport
+	}
+	if err := m.Store.Save(j); err != nil {
+		return err
+	}
+	if m.OnTransition != nil {
+		m.OnTransition(j)
+	}
+	return nil
+}
+
+// fail records a FAILED terminal report with a reason, keeping details already gathered.
+func fail(j *Journal, code reason.Code, detail string) {
+	d := map[string]string{}
+	if j.Report != nil {
+		for k, v := range j.Report.Details {
+			d[k] = v
+		}
+	}
+	d["reason"] = string(code)
+	d["detail"] = detail
+	j.Report = &Report{Status: "FAILED", Details: d}
+}
+
+// Fail is for handlers: record FAILED with the reason carried by err (INTERNAL when it has
+// none) and return EvFail.
+func Fail(j *Journal, err error, extra map[string]string) Event {
+	fail(j, reason.Of(err), errorSentence(err))
+	for k, v := range extra {
+		j.Report.Details[k] = v
+	}
+	return EvFail
+}
+
+func errorSentence(err error) string {
+	var re *reason.Error
+	if errors.As(err, &re) && re.Msg != "" {
+		return re.Msg
+	}
+	return err.Error()
+}
