@@ -1,0 +1,232 @@
+// Package config loads the agent's TOML configuration (/etc/fieldota/agent.toml), fills in
+// defaults and refuses anything unsafe or inconsistent at startup rather than mid-update.
+// docs/configuration.md documents every key; scripts/agent.example.toml is the commented example.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole agent configuration. Keys are stable once released.
+type Config struct {
+	ThingName string `toml:"thing_name"`
+	StateDir  string `toml:"state_dir"`
+	// Compatible names this device answers to; a job's `compatible` list must include one.
+	Compatible []string `toml:"compatible"`
+
+	MQTT     MQTT     `toml:"mqtt"`
+	Jobs     Jobs     `toml:"jobs"`
+	Verify   Verify   `toml:"verify"`
+	Download Download `toml:"download"`
+	Files    Files    `toml:"files"`
+	Slot     Slot     `toml:"slot"`
+	Swap     Swap     `toml:"swap"`
+	Health   Health   `toml:"health"`
+	Log      Log      `toml:"log"`
+}
+
+// MQTT is the connection to AWS IoT Core (or the emulator).
+type MQTT struct {
+	Endpoint   string   `toml:"endpoint"`  // host:8883, host:443, ssl://…, tcp://… (emulator only)
+	ClientID   string   `toml:"client_id"` // defaults to thing_name
+	CAFile     string   `toml:"ca_file"`
+	CertFile   string   `toml:"cert_file"`
+	KeyFile    string   `toml:"key_file"`
+	ServerName string   `toml:"server_name"` // SNI; defaults to the endpoint host
+	KeepAlive  Duration `toml:"keep_alive"`
+}
+
+// Jobs tunes how the agent talks to the Jobs service.
+type Jobs struct {
+	StepTimeoutMinutes int      `toml:"step_timeout_minutes"` // refreshed at each stage; 0 = none
+	ProgressEvery      int      `toml:"progress_every_percent"`
+	ProgressInterval   Duration `toml:"progress_min_interval"`
+	RequestTimeout     Duration `toml:"request_timeout"`
+}
+
+// Verify holds the trust anchors and the policy.
+type Verify struct {
+	Keys          []string `toml:"keys"`     // PEM public keys
+	CACerts       []string `toml:"ca_certs"` // CAs for signing certificates carried in documents
+	AllowUnsigned bool     `toml:"allow_unsigned"`
+}
+
+// Download tunes the downloader.
+type Download struct {
+	AllowInsecureHTTP bool     `toml:"allow_insecure_http"`
+	StallTimeout      Duration `toml:"stall_timeout"`
+	MaxRefreshes      int      `toml:"max_url_refreshes"`
+	RateLimit         int64    `toml:"rate_limit_bytes_per_sec"`
+}
+
+// Files configures the files target.
+type Files struct {
+	AllowedRoots     []string `toml:"allowed_roots"`
+	AutoStartTimeout Duration `toml:"autostart_timeout"`
+}
+
+// Slot configures A/B installs.
+type Slot struct {
+	Bootloader string   `toml:"bootloader"` // uboot | grub | file | command
+	A          string   `toml:"a"`
+	B          string   `toml:"b"`
+	Reboot     []string `toml:"reboot"`
+}
+
+// Swap configures binary swaps.
+type Swap struct {
+	Target  string   `toml:"target"`
+	Restart []string `toml:"restart"`
+}
+
+// Health configures the checks that decide commit or rollback.
+type Health struct {
+	Commands [][]string `toml:"commands"`
+	URL      string     `toml:"url"`
+	Units    []string   `toml:"units"`
+	Timeout  Duration   `toml:"timeout"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level string `toml:"level"` // debug | info | warn | error
+}
+
+// Duration is a time.Duration written as "30s", "5m" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Load reads, defaults and validates a config file. Unknown keys are errors: a misspelt
+// `allow_unsigend = false` must not silently mean something else.
+func Load(path string) (*Config, error) {
+	var c Config
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	c.defaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) defaults() {
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/fieldota"
+	}
+	if c.MQTT.ClientID == "" {
+		c.MQTT.ClientID = c.ThingName
+	}
+	if c.MQTT.KeepAlive.Duration == 0 {
+		c.MQTT.KeepAlive.Duration = 60 * time.Second
+	}
+	if c.Jobs.StepTimeoutMinutes == 0 {
+		c.Jobs.StepTimeoutMinutes = 60
+	}
+	if c.Jobs.ProgressEvery == 0 {
+		c.Jobs.ProgressEvery = 10
+	}
+	if c.Jobs.ProgressInterval.Duration == 0 {
+		c.Jobs.ProgressInterval.Duration = 30 * time.Second
+	}
+	if c.Jobs.RequestTimeout.Duration == 0 {
+		c.Jobs.RequestTimeout.Duration = 10 * time.Second
+	}
+	if c.Download.StallTimeout.Duration == 0 {
+		c.Download.StallTimeout.Duration = 60 * time.Second
+	}
+	if c.Download.MaxRefreshes == 0 {
+		c.Download.MaxRefreshes = 5
+	}
+	if c.Files.AutoStartTimeout.Duration == 0 {
+		c.Files.AutoStartTimeout.Duration = 5 * time.Minute
+	}
+	if c.Health.Timeout.Duration == 0 {
+		c.Health.Timeout.Duration = 5 * time.Minute
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+var thingName = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+
+// Validate refuses configurations that would fail later or fail open.
+func (c *Config) Validate() error {
+	var errs []error
+	if !thingName.MatchString(c.ThingName) {
+		errs = append(errs, fmt.Errorf("thing_name %q must match [a-zA-Z0-9:_-]{1,128}", c.ThingName))
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir %q must be absolute", c.StateDir))
+	}
+	if c.MQTT.Endpoint == "" {
+		errs = append(errs, errors.New("mqtt.endpoint is required"))
+	} else if u, err := url.Parse(c.MQTT.Endpoint); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
+		// Plain MQTT exists only for the local emulator; AWS IoT requires TLS.
+		if c.MQTT.CertFile != "" {
+			errs = append(errs, errors.New("mqtt.cert_file given with a plain tcp:// endpoint"))
+		}
+	} else if c.MQTT.CertFile == "" || c.MQTT.KeyFile == "" {
+		errs = append(errs, errors.New("mqtt.cert_file and mqtt.key_file are required for a TLS endpoint"))
+	}
+	// Fail closed: a device with no trust anchors could install nothing signed, and
+	// "no keys" must never be read as "skip verification".
+	if len(c.Verify.Keys) == 0 && len(c.Verify.CACerts) == 0 && !c.Verify.AllowUnsigned {
+		errs = append(errs, errors.New("verify.keys (or verify.ca_certs) is empty: no update could ever verify; set keys, or allow_unsigned = true for development only"))
+	}
+	for _, r := range c.Files.AllowedRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/" {
+			errs = append(errs, fmt.Errorf("files.allowed_roots entry %q must be a clean absolute path other than /", r))
+		}
+	}
+	if c.Jobs.StepTimeoutMinutes < 0 || c.Jobs.StepTimeoutMinutes > 10080 {
+		errs = append(errs, fmt.Errorf("jobs.step_timeout_minutes %d outside 1–10080", c.Jobs.StepTimeoutMinutes))
+	}
+	if c.Jobs.ProgressEvery < 1 || c.Jobs.ProgressEvery > 100 {
+		errs = append(errs, fmt.Errorf("jobs.progress_every_percent %d outside 1–100", c.Jobs.ProgressEvery))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level %q is not debug, info, warn or error", c.Log.Level))
+	}
+	return errors.Join(errs...)
+}
+
+// EnsureStateDir creates the state directory owner-only.
+func (c *Config) EnsureStateDir() error {
+	return os.MkdirAll(c.StateDir, 0o700)
+}
