@@ -51,9 +51,12 @@ func (m *Machine) now() time.Time {
 	return time.Now()
 }
 
-// Begin persists a new job in StateAccept and runs it.
+// Begin persists a new job and runs it from j.State, StateAccept when empty (a job refused
+// before it started begins directly in StateReport).
 func (m *Machine) Begin(ctx context.Context, j *Journal) error {
-	j.State = StateAccept
+	if j.State == "" {
+		j.State = StateAccept
+	}
 	j.StartedAt = m.now().UTC()
 	if err := m.Store.Save(j); err != nil {
 		return err
