@@ -145,7 +145,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			c.mu.Unlock()
 			c.Close()
 			if last != nil {
-				return nil, fmt.Errorf("jobs: connect to %s: %w (last attempt: %v)", ep.url, ctx.Err(), last)
+				return nil, fmt.Errorf("jobs: connect to %s: %w (last attempt: %w)", ep.url, ctx.Err(), last)
 			}
 			return nil, fmt.Errorf("jobs: connect to %s: %w", ep.url, ctx.Err())
 		}
