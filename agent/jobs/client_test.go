@@ -543,3 +543,28 @@ func TestCloseEndsEverythingAndFailsLaterCalls(t *testing.T) {
 		t.Fatalf("call after Close: %v", err)
 	}
 }
+
+func TestRawRequestsMatchAnswersWithAndWithoutToken(t *testing.T) {
+	b := startBroker(t, brokerOpts{})
+	b.setServe(func(r request) {
+		if r.Fields == nil { // not JSON: AWS answers InvalidJson without a clientToken
+			b.publish(r.Topic+"/rejected", map[string]any{"code": CodeInvalidJson, "message": "bad"})
+			return
+		}
+		b.answer(r, "rejected", map[string]any{"code": CodeInvalidTopic})
+	})
+	c := dial(t, testConfig(b))
+	ctx := ctxT(t, 5*time.Second)
+	r, err := c.Raw(ctx, "get", []byte("{nope"))
+	if err != nil || r.Accepted || r.Topic != "$aws/things/dev1/jobs/get/rejected" || !strings.Contains(string(r.Payload), CodeInvalidJson) {
+		t.Fatalf("raw non-JSON: %+v %v", r, err)
+	}
+	// A topic outside the standing subscriptions: the client subscribes to its answers for the exchange.
+	r, err = c.Raw(ctx, "j1/frob", []byte(`{"clientToken":"tok-1"}`))
+	if err != nil || r.Topic != "$aws/things/dev1/jobs/j1/frob/rejected" || !strings.Contains(string(r.Payload), `"tok-1"`) {
+		t.Fatalf("raw unknown topic: %+v %v", r, err)
+	}
+	if _, err := c.Raw(ctx, "j1/#", nil); err == nil {
+		t.Fatal("raw accepted a wildcard topic")
+	}
+}

@@ -230,3 +230,27 @@ func TestJitteredBackoffGrowsAndStaysInBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestStandingSubscriptionsCoverEveryAnswerTopic(t *testing.T) {
+	tp := newTopics("dev1")
+	for topic, want := range map[string]bool{
+		"$aws/things/dev1/jobs/get/accepted":             true,
+		"$aws/things/dev1/jobs/start-next/rejected":      true,
+		"$aws/things/dev1/jobs/$next/get/accepted":       true,
+		"$aws/things/dev1/jobs/j1/update/rejected":       true,
+		"$aws/things/dev1/jobs/notify-next":              true,
+		"$aws/things/dev1/jobs/j1/frob/rejected":         false,
+		"$aws/things/dev1/jobs/get":                      false, // never hear our own requests
+		"$aws/things/dev1/jobs/j1/update":                false,
+		"$aws/things/dev2/jobs/j1/update/accepted":       false,
+		"$aws/things/dev1/jobs/a/b/get/accepted":         false,
+		"$aws/things/dev1/jobs/j1/update/accepted/extra": false,
+	} {
+		if got := tp.covered(topic); got != want {
+			t.Errorf("covered(%s) = %v", topic, got)
+		}
+	}
+	if n := len(tp.subscriptions()); n > 8 {
+		t.Fatalf("%d filters: AWS allows 8 per SUBSCRIBE", n)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // GetPending lists the pending executions (GetPendingJobExecutions).
@@ -95,6 +97,15 @@ func (c *Client) Raw(ctx context.Context, suffix string, payload []byte) (*RawRe
 	}
 	if err := c.waitReady(ctx); err != nil {
 		return nil, err
+	}
+	// A broker other than AWS delivers answers only to subscribers: subscribe to this topic's
+	// answers for the exchange unless the standing subscriptions cover them (unsubscribing a
+	// standing filter would lose it).
+	if answers := topic + "/+"; !c.t.covered(topic+"/"+replyAccepted) && !c.t.covered(topic+"/"+replyRejected) {
+		if err := c.await(ctx, c.mc.Subscribe(answers, qos, c.onMessage)); err != nil {
+			return nil, fmt.Errorf("jobs: subscribe %s: %w", answers, err)
+		}
+		defer func() { _ = c.await(context.Background(), c.mc.Unsubscribe(answers)) }()
 	}
 	var tk tokenOnly
 	_ = json.Unmarshal(payload, &tk)
@@ -198,5 +209,21 @@ func (c *Client) attempt(ctx context.Context, topic, token string, payload []byt
 		case <-c.ctx.Done():
 			return reply{}, ErrClosed
 		}
+	}
+}
+
+// await waits for a paho token, bounded by SubscribeTimeout, ctx and Close.
+func (c *Client) await(ctx context.Context, tok mqtt.Token) error {
+	timer := time.NewTimer(c.cfg.SubscribeTimeout)
+	defer timer.Stop()
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-timer.C:
+		return ErrTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return ErrClosed
 	}
 }

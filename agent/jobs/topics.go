@@ -102,3 +102,27 @@ func (t topics) inbound(topic string) (kind, request string, accepted, ok bool) 
 	}
 	return "", "", false, false
 }
+
+// covered reports whether a standing subscription matches topic.
+func (t topics) covered(topic string) bool {
+	for _, f := range t.subscriptions() {
+		if matchFilter(f, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchFilter is MQTT topic matching for filters with "+" (no "#" is used here).
+func matchFilter(filter, topic string) bool {
+	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
+	if len(fs) != len(ts) {
+		return false
+	}
+	for i := range fs {
+		if fs[i] != "+" && fs[i] != ts[i] {
+			return false
+		}
+	}
+	return true
+}
