@@ -70,6 +70,8 @@ type exchange struct {
 }
 
 func (h *exchange) dispatch(rest string, payload []byte) {
+	req, reqErr := decodeRequest(payload)
+	h.token = req.clientToken // echoed on every answer, rejections included
 	parts := strings.Split(rest, "/")
 	switch {
 	case rest == "get":
@@ -88,12 +90,10 @@ func (h *exchange) dispatch(rest string, payload []byte) {
 		h.reject(rejectf(code, "injected fault ("+strconv.Itoa(n)+" left)"))
 		return
 	}
-	req, derr := decodeRequest(payload)
-	if derr != nil {
-		h.reject(derr)
+	if reqErr != nil {
+		h.reject(reqErr)
 		return
 	}
-	h.token = req.clientToken
 	if req.clientToken != nil && len(*req.clientToken) > maxClientToken {
 		h.reject(rejectf(CodeInvalidRequest, "clientToken must be at most 64 bytes"))
 		return

@@ -85,8 +85,8 @@ type fault struct {
 	n    int
 }
 
-// Start starts everything cfg names. ctx bounds the start (attaching to an external broker) and
-// the emulator's life: when ctx is done the emulator closes.
+// Start starts everything cfg names. ctx bounds the start only (attaching to an external broker);
+// the emulator runs until Close.
 func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	if cfg.Minute <= 0 {
 		cfg.Minute = time.Minute
@@ -106,7 +106,7 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	// Without an artifact server the URLs still get minted, pointing at the discard port.
 	s.presigner = &s3.Presigner{Base: "http://127.0.0.1:9", Secret: secret, Now: cfg.Now}
 
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	fail := func(err error) (*Sim, error) {
 		s.Close()
@@ -153,8 +153,6 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	}
 	s.wg.Add(1)
 	go s.timers(runCtx)
-	stop := context.AfterFunc(ctx, func() { s.Close() })
-	go func() { <-runCtx.Done(); stop() }()
 	return s, nil
 }
 
