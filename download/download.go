@@ -306,12 +306,6 @@ func (d *downloader) run(ctx context.Context) (Result, error) {
 			}
 			url = fresh
 			continue
-		case retryLater:
-			noProgress++
-			if err := d.wait(ctx, d.backoff(req.RetryWaitMin, req.RetryWaitMax, noProgress, &http.Response{Header: o.header})); err != nil {
-				return d.res, d.stop(st, err)
-			}
-			continue
 		}
 		gained, err := o.gained, o.bodyErr
 		if gained > 0 {
@@ -380,10 +374,9 @@ func (d *downloader) attempt(ctx context.Context, url string, st *state) (o outc
 type verdict int
 
 const (
-	bodyOK     verdict = iota
-	mismatch           // cannot resume: start again from zero
-	refresh            // URL refused: ask for a fresh one
-	retryLater         // server trouble after retryablehttp gave up
+	bodyOK   verdict = iota
+	mismatch         // cannot resume: start again from zero
+	refresh          // URL refused: ask for a fresh one
 	fatal
 )
 
@@ -423,10 +416,10 @@ func (d *downloader) accept(resp *http.Response, st *state) (verdict, error) {
 	case http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound:
 		return refresh, nil
 	case http.StatusTooManyRequests:
-		return retryLater, nil
+		return fatal, reason.Errorf(reason.DownloadFailed, "%s: status %d after %d retries", d.obj, resp.StatusCode, d.req.Retries)
 	}
 	if resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented {
-		return retryLater, nil
+		return fatal, reason.Errorf(reason.DownloadFailed, "%s: status %d after %d retries", d.obj, resp.StatusCode, d.req.Retries)
 	}
 	return fatal, reason.Errorf(reason.DownloadFailed, "%s: unexpected status %d", d.obj, resp.StatusCode)
 }
