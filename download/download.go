@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -132,6 +133,7 @@ type downloader struct {
 	obj    string // the URL without its query: the object's identity in checkpoints and logs
 	res    Result
 	buf    []byte
+	trunc  truncater // nil for sinks that cannot or must not be truncated (block devices)
 }
 
 // Download fetches req.URL into req.Sink and returns the digest once all req.Size bytes are
@@ -173,6 +175,15 @@ func newDownloader(req Request) *downloader {
 	d := &downloader{req: req, log: req.Logger, clock: req.Clock, obj: Redact(req.URL), closer: func() {}}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
+	}
+	if t, ok := req.Sink.(truncater); ok {
+		d.trunc = t
+		// *os.File has Truncate even when it is an A/B slot device, where it fails.
+		if s, ok := req.Sink.(interface{ Stat() (os.FileInfo, error) }); ok {
+			if fi, err := s.Stat(); err != nil || !fi.Mode().IsRegular() {
+				d.trunc = nil
+			}
+		}
 	}
 	if d.clock == nil {
 		d.clock = realClock{}
@@ -509,8 +520,8 @@ func (d *downloader) copyBody(attemptCtx context.Context, cancel context.CancelC
 
 // finish syncs the sink, checks the digest and records a complete checkpoint.
 func (d *downloader) finish(st *state) (Result, error) {
-	if t, ok := d.req.Sink.(truncater); ok {
-		if err := t.Truncate(d.req.Size); err != nil {
+	if d.trunc != nil {
+		if err := d.trunc.Truncate(d.req.Size); err != nil {
 			return d.res, reason.Errorf(reason.DownloadFailed, "%s: truncate sink: %w", d.obj, err)
 		}
 	}
@@ -541,8 +552,8 @@ func (d *downloader) restart(st *state) error {
 	if err := d.dropCheckpoint(); err != nil {
 		return err
 	}
-	if t, ok := d.req.Sink.(truncater); ok {
-		if err := t.Truncate(0); err != nil {
+	if d.trunc != nil {
+		if err := d.trunc.Truncate(0); err != nil {
 			return reason.Errorf(reason.DownloadFailed, "%s: truncate sink: %w", d.obj, err)
 		}
 	}
@@ -555,8 +566,8 @@ func (d *downloader) restart(st *state) error {
 // distrust drops what a failed verification leaves, so nothing can resume from or use it.
 func (d *downloader) distrust() error {
 	err := d.dropCheckpoint()
-	if t, ok := d.req.Sink.(truncater); ok {
-		err = errors.Join(err, t.Truncate(0))
+	if d.trunc != nil {
+		err = errors.Join(err, d.trunc.Truncate(0))
 	}
 	return err
 }

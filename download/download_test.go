@@ -740,3 +740,40 @@ func TestBackoffHasJitterBoundsAndHonoursRetryAfter(t *testing.T) {
 		t.Fatalf("Retry-After an hour away → %v", w)
 	}
 }
+
+// slotDevice is a file that claims to be a block device and, like one, refuses Truncate.
+type slotDevice struct{ *os.File }
+
+type deviceInfo struct{ os.FileInfo }
+
+func (deviceInfo) Mode() os.FileMode { return os.ModeDevice | 0o600 }
+
+func (s slotDevice) Stat() (os.FileInfo, error) {
+	fi, err := s.File.Stat()
+	return deviceInfo{fi}, err
+}
+func (slotDevice) Truncate(int64) error {
+	return errors.New("truncate: invalid argument (block device)")
+}
+
+func TestBlockDeviceSinkIsNeverTruncatedAndMustBeBigEnough(t *testing.T) {
+	e := newEnv(t, 1<<20, false)
+	f, path := e.sink("slot-b")
+	if err := f.Truncate(4 << 20); err != nil { // the "partition" is bigger than the payload
+		t.Fatal(err)
+	}
+	e.srv.SetFaults(object, s3.Faults{CutAtOffsets: []int64{100 << 10}, IgnoreRange: true}) // forces a restart from zero
+	res, err := Download(context.Background(), e.request(slotDevice{f}, filepath.Join(e.dir, "ckpt")))
+	if err != nil || res.Restarts != 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	got, _ := os.ReadFile(path)
+	if len(got) != 4<<20 || !bytes.Equal(got[:len(e.data)], e.data) {
+		t.Fatal("slot content wrong")
+	}
+	small, _ := e.sink("tiny-slot")
+	_, err = Download(context.Background(), e.request(slotDevice{small}, ""))
+	if !errors.Is(err, reason.InsufficientSpace) || e.srv.Stats(object).Requests != 2 { // none for the small slot
+		t.Fatalf("too small a slot: %v", err)
+	}
+}
