@@ -99,7 +99,15 @@ type Options struct {
 
 var placeholderRE = regexp.MustCompile(`^\$\{aws:iot:s3-presigned-url(?:-v2)?:([^{}]+)\}$`)
 
+// invalid builds an INVALID_DOCUMENT error; a trailing %w becomes the cause (so a malformed
+// signature also matches SIGNATURE_INVALID) and is printed once.
 func invalid(format string, args ...any) error {
+	if n := len(args); n > 0 && strings.HasSuffix(format, "%w") {
+		if cause, ok := args[n-1].(error); ok {
+			msg := strings.TrimSuffix(strings.TrimSuffix(format, "%w"), ": ")
+			return &reason.Error{Code: reason.InvalidDocument, Msg: fmt.Sprintf(msg, args[:n-1]...), Err: cause}
+		}
+	}
 	return reason.Errorf(reason.InvalidDocument, format, args...)
 }
 
