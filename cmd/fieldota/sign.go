@@ -1,0 +1,123 @@
+package main
+
+// sign.go: `fieldota sign` writes the cosign-style detached signature, the AWS codesign
+// object and (with --version) the DSSE attestation of a file.
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/fieldota/fieldota/verify"
+	"github.com/fieldota/fieldota/verify/sign"
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newSignCmd) }
+
+// releaseFlags are the predicate facts shared by sign and job.
+type releaseFlags struct {
+	version        string
+	compatible     []string
+	allowDowngrade bool
+}
+
+func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
+	cmd.Flags().StringVar(&r.version, "version", "", versionHelp)
+	cmd.Flags().StringSliceVar(&r.compatible, "compatible", nil, "device compatibility names (signed in the attestation)")
+	cmd.Flags().BoolVar(&r.allowDowngrade, "allow-downgrade", false, "sign allowDowngrade=true: devices accept this older version")
+}
+
+func (r *releaseFlags) predicate() (verify.Predicate, error) {
+	if _, err := verify.ParseVersion(r.version); err != nil {
+		return verify.Predicate{}, err
+	}
+	return verify.Predicate{Version: r.version, Compatible: r.compatible, AllowDowngrade: r.allowDowngrade}, nil
+}
+
+func newSignCmd() *cobra.Command {
+	var (
+		keyPath, alg                   string
+		sigOut, codesignOut, attestOut string
+		predOut                        string
+		rel                            releaseFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "sign --key KEY [--version V] FILE",
+		Short: "Sign a file: detached signature, AWS codesign object, optional attestation",
+		Long: `Sign FILE with a private key, streaming it through SHA-256 once.
+
+Writes FILE.sig (base64 DER over SHA-256(FILE): what 'cosign sign-blob --key' writes) and
+FILE.codesign.json (the AWS code-signing object for a job document). With --version it also
+writes FILE.intoto.json, the DSSE attestation that
+  cosign attest-blob --key KEY --type https://fieldota.dev/release/v1 --predicate PRED FILE
+writes, and (with --predicate-out) that predicate file.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := args[0]
+			key, err := sign.LoadPrivateKey(keyPath)
+			if err != nil {
+				return usageErr(err)
+			}
+			a, err := verify.ParseAlgorithm(alg)
+			if err != nil {
+				return usageErr(err)
+			}
+			digest, size, err := sign.DigestFile(file)
+			if err != nil {
+				return ioErr(err)
+			}
+			cs, err := sign.MakeCodesign(key, a, digest, size)
+			if err != nil {
+				return usageErr(err)
+			}
+			if sigOut == "" {
+				sigOut = file + ".sig"
+			}
+			if codesignOut == "" {
+				codesignOut = file + ".codesign.json"
+			}
+			if err := writeOut(sigOut, []byte(cs.Signature), 0o644); err != nil {
+				return ioErr(err)
+			}
+			cj, _ := json.MarshalIndent(cs, "", "  ")
+			if err := writeOut(codesignOut, append(cj, '\n'), 0o644); err != nil {
+				return ioErr(err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "signature: %s\ncodesign:  %s\n", sigOut, codesignOut)
+			if rel.version == "" {
+				return nil
+			}
+			p, err := rel.predicate()
+			if err != nil {
+				return usageErr(err)
+			}
+			env, err := sign.Attest(key, file, digest, p)
+			if err != nil {
+				return usageErr(err)
+			}
+			if attestOut == "" {
+				attestOut = file + ".intoto.json"
+			}
+			if err := writeOut(attestOut, append(env, '\n'), 0o644); err != nil {
+				return ioErr(err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "attestation: %s\n", attestOut)
+			if predOut != "" {
+				pj, _ := sign.PredicateJSON(p)
+				if err := writeOut(predOut, append(pj, '\n'), 0o644); err != nil {
+					return ioErr(err)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyPath, "key", "", "private key (PEM; encrypted keys read "+sign.PasswordEnv+")")
+	cmd.Flags().StringVar(&alg, "algorithm", "", "signature algorithm (default from the key: SHA256withECDSA, SHA256withRSA, SHA256withEd25519; or SHA256withRSA/PSS)")
+	cmd.Flags().StringVar(&sigOut, "output-signature", "", "detached signature path (default FILE.sig, - for stdout)")
+	cmd.Flags().StringVar(&codesignOut, "codesign", "", "codesign object path (default FILE.codesign.json)")
+	cmd.Flags().StringVar(&attestOut, "attestation", "", "attestation path (default FILE.intoto.json)")
+	cmd.Flags().StringVar(&predOut, "predicate-out", "", "also write the predicate file given to cosign attest-blob")
+	rel.add(cmd, "release version to attest (enables the attestation)")
+	_ = cmd.MarkFlagRequired("key")
+	return cmd
+}
