@@ -1,0 +1,211 @@
+// Package agent is the device daemon's loop: it hears jobs from AWS IoT Jobs, validates each
+// document before starting it, runs it through the journaled state machine of package ota
+// (download, verify, install, report), notices cancellation, and picks up the next job at once.
+// One job runs at a time; a job found in the journal at start is resumed before anything else.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fieldota/fieldota/agent/config"
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/verify"
+)
+
+// Agent is the daemon. Create it with New, feed it connection and notify-next events from the
+// Jobs client (Wake, NotifyNext), and Run it.
+type Agent struct {
+	cfg       *config.Config
+	api       jobsAPI // set by Run
+	retryWait time.Duration
+	trust     *verify.TrustStore
+	log       *slog.Logger
+	now       func() time.Time
+	store     *ota.Store
+	machine   *ota.Machine
+	upd       *updater
+
+	wake chan struct{} // a (re)connect or notify-next: look at $next again
+
+	mu      sync.Mutex
+	running string           // job id of the job in progress, "" when idle
+	recheck chan struct{}    // notify-next while a job runs: is it still ours?
+	done    map[execKey]bool // executions finished here (dedupe on jobId+executionNumber)
+	order   []execKey        // to bound done
+}
+
+type execKey struct {
+	job string
+	n   int64
+}
+
+// Options are the agent's dependencies.
+type Options struct {
+	Config *config.Config
+	Trust  *verify.TrustStore // nil only with verify.allow_unsigned
+	Logger *slog.Logger
+	Now    func() time.Time
+	// OnTransition is called after each persisted transition (tests kill the agent there).
+	OnTransition func(*ota.Journal)
+}
+
+// New builds an agent.
+func New(o Options) *Agent {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	a := &Agent{
+		cfg: o.Config, trust: o.Trust, log: log, now: now, retryWait: time.Second,
+		store:   &ota.Store{Dir: o.Config.StateDir, Now: now},
+		wake:    make(chan struct{}, 1),
+		recheck: make(chan struct{}, 1),
+		done:    map[execKey]bool{},
+	}
+	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log, now: now}
+	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
+	a.machine.Handlers = a.handlers()
+	return a
+}
+
+// Wake asks the agent to describe $next again (call it after every (re)connect).
+func (a *Agent) Wake() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// NotifyNext handles a notify-next event: a hint to look again, and while a job runs, a sign
+// that it may have been canceled (the head of the queue moved away from it).
+func (a *Agent) NotifyNext(ev jobs.NextJobExecutionChanged) {
+	a.mu.Lock()
+	running := a.running
+	a.mu.Unlock()
+	if running != "" && (ev.Execution == nil || ev.Execution.JobID != running) {
+		select {
+		case a.recheck <- struct{}{}:
+		default:
+		}
+	}
+	a.Wake()
+}
+
+// pollInterval is a safety net: describe $next this often even without events, because a
+// notification lost to a reconnect must not leave a job waiting forever.
+const pollInterval = 15 * time.Minute
+
+// Run resumes a journaled job, then serves jobs through api until ctx ends.
+func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
+	a.api, a.upd.api = api, api
+	if err := a.cfg.EnsureStateDir(); err != nil {
+		return err
+	}
+	j, err := a.store.Load()
+	switch {
+	case errors.Is(err, ota.ErrNoJournal):
+	case err != nil:
+		// A journal we cannot read is an update we cannot account for: stop loudly rather
+		// than forget it (an operator must look at it).
+		return fmt.Errorf("cannot resume: %w", err)
+	default:
+		if err := a.runJournal(ctx, j, true); err != nil {
+			return err
+		}
+	}
+	a.Wake()
+	poll := time.NewTicker(pollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.wake:
+		case <-poll.C:
+		}
+		if err := a.serveNext(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.log.Warn("looking for the next job failed; will retry on the next event", "err", err)
+		}
+	}
+}
+
+// serveNext runs pending jobs one after the other until none is left.
+func (a *Agent) serveNext(ctx context.Context) error {
+	for {
+		exec, err := a.api.Describe(ctx, jobs.DescribeInput{JobID: "$next", IncludeJobDocument: true})
+		if err != nil {
+			return err
+		}
+		if exec == nil {
+			a.log.Debug("no pending job")
+			return nil
+		}
+		key := execKey{exec.JobID, exec.ExecutionNumber}
+		a.mu.Lock()
+		seen := a.done[key]
+		a.mu.Unlock()
+		if seen {
+			// Our terminal report is still on its way, or was refused as already terminal:
+			// don't run the same execution twice.
+			a.log.Debug("execution already handled", "job", exec.JobID, "execution", exec.ExecutionNumber)
+			return nil
+		}
+		if err := a.startJob(ctx, exec); err != nil {
+			return err
+		}
+	}
+}
+
+func (a *Agent) markDone(job string, n int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := execKey{job, n}
+	if !a.done[k] {
+		a.done[k] = true
+		a.order = append(a.order, k)
+		if len(a.order) > 64 {
+			delete(a.done, a.order[0])
+			a.order = a.order[1:]
+		}
+	}
+}
+
+// runJournal runs (or resumes) a job's journal to its end.
+func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) error {
+	a.mu.Lock()
+	a.running = j.JobID
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.running = ""
+		a.mu.Unlock()
+	}()
+	// Drain a stale recheck from an earlier job.
+	select {
+	case <-a.recheck:
+	default:
+	}
+	var err error
+	if resume {
+		err = a.machine.ResumeJournal(ctx, j)
+	} else {
+		err = a.machine.Begin(ctx, j)
+	}
+	if err == nil {
+		a.markDone(j.JobID, j.ExecutionNumber)
+	}
+	return err
+}

@@ -1,0 +1,98 @@
+package agent
+
+import (
+	"context"
+
+	"github.com/fieldota/fieldota/agent/config"
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/ota/jobdoc"
+	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/verify"
+)
+
+// parseJob parses and validates a document with the device's limits (allowed roots, http).
+func parseJob(raw []byte, cfg *config.Config) (*jobdoc.Document, error) {
+	return jobdoc.Parse(raw, jobdoc.Options{AllowedRoots: cfg.Files.AllowedRoots, AllowInsecureHTTP: cfg.Download.AllowInsecureHTTP})
+}
+
+// targetKey is what installed.json records a target's version under.
+func targetKey(d *jobdoc.Document) string {
+	if d.Target == jobdoc.TargetFiles {
+		return "files:" + d.WorkingDirectory
+	}
+	return string(d.Target)
+}
+
+// startJob validates a new execution before anything else happens. A document that can never
+// succeed is REJECTED while the execution is still QUEUED (AWS refuses REJECTED once started;
+// then it is FAILED); a good one is journaled and run.
+func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
+	j := &ota.Journal{JobID: exec.JobID, ExecutionNumber: exec.ExecutionNumber, VersionNumber: exec.VersionNumber}
+	a.log.Info("job received", "job", exec.JobID, "execution", exec.ExecutionNumber, "status", exec.Status)
+	spec, err := parseJob(exec.JobDocument, a.cfg)
+	if err == nil {
+		err = a.preflight(spec, j)
+	}
+	if err != nil {
+		status := jobs.Rejected
+		if exec.Status != jobs.Queued {
+			status = jobs.Failed
+		}
+		a.log.Warn("job refused before it started", "job", exec.JobID, "status", status, "err", err)
+		ota.Fail(j, err, map[string]string{"stage": "validate"})
+		j.Report.Status = string(status)
+		j.State = ota.StateReport
+		return a.runJournal(ctx, j, false)
+	}
+	j.Document = exec.JobDocument
+	j.Target = string(spec.Target)
+	j.Version = spec.Version
+	return a.runJournal(ctx, j, false)
+}
+
+// preflight applies everything that can be decided before a byte is downloaded: a supported
+// target, and the signature and policy checks over what the document states.
+func (a *Agent) preflight(spec *jobdoc.Document, j *ota.Journal) error {
+	if spec.Target != jobdoc.TargetFiles {
+		return reason.Errorf(reason.UnsupportedOperation, "target %q is not supported by this agent build", spec.Target)
+	}
+	pol, err := a.policy(spec)
+	if err != nil {
+		return err
+	}
+	j.PreviousVersion = pol.InstalledVersion
+	for i, f := range spec.Files {
+		if err := a.checkURL(f.URL); err != nil {
+			return err
+		}
+		if _, err := a.verifier().Preflight(spec.VerifyInput(i), pol); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) policy(spec *jobdoc.Document) (verify.Policy, error) {
+	inst, err := loadInstalled(a.cfg.StateDir)
+	if err != nil {
+		return verify.Policy{}, reason.Wrap(reason.Internal, err)
+	}
+	return verify.Policy{
+		AllowUnsigned:    a.cfg.Verify.AllowUnsigned,
+		InstalledVersion: inst[targetKey(spec)],
+		DeviceCompatible: a.cfg.Compatible,
+		Now:              a.now(),
+	}, nil
+}
+
+// verifier returns the trust store; a device configured without keys (allow_unsigned, for
+// development) gets one that trusts nothing, so a signed document still fails closed.
+func (a *Agent) verifier() *verify.TrustStore {
+	if a.trust != nil {
+		return a.trust
+	}
+	return emptyTrust
+}
+
+var emptyTrust = &verify.TrustStore{}

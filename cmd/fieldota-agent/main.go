@@ -1,0 +1,127 @@
+// Command fieldota-agent is the device daemon: `run` serves AWS IoT Jobs until stopped,
+// `status` prints the journal, installed versions and slots, `--version` the build.
+// It links no broker and no emulator: only the Jobs client, the downloader, the verifier and
+// the installers.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fieldota/fieldota/agent"
+	"github.com/fieldota/fieldota/agent/config"
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/verify"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// onTransition is nil in production builds; a build with -tags faultinject sets it so that
+// end-to-end tests can kill the agent in a chosen state.
+var onTransition func(*ota.Journal)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "fieldota-agent",
+		Short:         "fieldota-agent: over-the-air updates for this device through AWS IoT Jobs",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	var cfgPath string
+	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "/etc/fieldota/agent.toml", "configuration file")
+	root.AddCommand(&cobra.Command{
+		Use:   "run",
+		Short: "serve update jobs until stopped (SIGTERM is safe at any moment)",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cfgPath) },
+	})
+	root.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "print the job in progress, installed versions and slots as JSON",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.OutOrStdout(), cfgPath) },
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "fieldota-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func run(ctx context.Context, cfgPath string) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log.Level)
+	var trust *verify.TrustStore
+	if len(cfg.Verify.Keys) > 0 || len(cfg.Verify.CACerts) > 0 {
+		if trust, err = verify.LoadTrustStore(cfg.Verify.Keys, cfg.Verify.CACerts); err != nil {
+			return err
+		}
+	}
+	// The agent exists before the connection so that the client's callbacks have a target.
+	a := agent.New(agent.Options{Config: cfg, Trust: trust, Logger: log, OnTransition: onTransition})
+	cl, err := jobs.Dial(ctx, jobs.Config{
+		Endpoint:       cfg.MQTT.Endpoint,
+		ThingName:      cfg.ThingName,
+		ClientID:       cfg.MQTT.ClientID,
+		CAFile:         cfg.MQTT.CAFile,
+		CertFile:       cfg.MQTT.CertFile,
+		KeyFile:        cfg.MQTT.KeyFile,
+		ServerName:     cfg.MQTT.ServerName,
+		KeepAlive:      cfg.MQTT.KeepAlive.Duration,
+		RequestTimeout: cfg.Jobs.RequestTimeout.Duration,
+		Logger:         log,
+		OnConnect:      func(context.Context) { a.Wake() },
+		OnNotifyNext:   a.NotifyNext,
+	})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	log.Info("fieldota-agent started", "version", version, "thing", cfg.ThingName, "endpoint", cfg.MQTT.Endpoint)
+	return a.Run(ctx, cl)
+}
+
+func status(w interface{ Write([]byte) (int, error) }, cfgPath string) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	out := map[string]any{"thingName": cfg.ThingName, "stateDir": cfg.StateDir}
+	st := &ota.Store{Dir: cfg.StateDir}
+	switch j, err := st.Load(); {
+	case errors.Is(err, ota.ErrNoJournal):
+		out["job"] = nil
+	case err != nil:
+		out["journalError"] = err.Error()
+	default:
+		out["job"] = j
+	}
+	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, "installed.json")); err == nil {
+		out["installed"] = json.RawMessage(b)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
