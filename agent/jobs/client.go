@@ -412,6 +412,11 @@ func (c *Client) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {
 		c.log.Warn("jobs: connect attempt failed", "err", n.Reason)
 	case mqtt.ConnectionNotificationConnecting:
 		c.log.Debug("jobs: connecting", "reconnect", n.IsReconnect, "attempt", n.Attempt)
+		if !n.IsReconnect && n.Attempt > 0 {
+			// paho retries the first connect at a fixed interval; spread a fleet that boots
+			// together the same way as reconnects (this notification runs synchronously).
+			c.wait(c.ctx, rand.N(c.cfg.ReconnectJitter+1))
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -296,7 +297,7 @@ func TestSlowEventCallbackNeitherBlocksAnswersNorDeadlocks(t *testing.T) {
 	if _, err := c.GetPending(ctx); err != nil {
 		t.Fatalf("request while a callback blocks: %v", err)
 	}
-	time.Sleep(100 * time.Millisecond) // let the burst reach the client
+	time.Sleep(300 * time.Millisecond) // let the burst reach the client
 	close(release)
 	// The burst was coalesced: one more call, with the latest event (nothing pending).
 	select {
@@ -411,7 +412,7 @@ func TestRequestDuringOutageWaitsForReconnect(t *testing.T) {
 
 func TestDialWaitsForABrokerThatIsNotUpYet(t *testing.T) {
 	addr := freePort(t)
-	cfg := Config{Endpoint: "tcp://" + addr, ThingName: "dev1", ConnectRetryInterval: 50 * time.Millisecond, Logger: testLogger()}
+	cfg := Config{Endpoint: "tcp://" + addr, ThingName: "dev1", ConnectRetryInterval: 50 * time.Millisecond, ReconnectJitter: 20 * time.Millisecond, Logger: testLogger()}
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		startBroker(t, brokerOpts{addr: addr})
@@ -424,7 +425,7 @@ func TestDialWaitsForABrokerThatIsNotUpYet(t *testing.T) {
 	// And gives up, with the reason, when ctx ends first.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := Dial(ctx, Config{Endpoint: "tcp://" + freePort(t), ThingName: "dev1", ConnectRetryInterval: 50 * time.Millisecond})
+	_, err := Dial(ctx, Config{Endpoint: "tcp://" + freePort(t), ThingName: "dev1", ConnectRetryInterval: 50 * time.Millisecond, ReconnectJitter: 20 * time.Millisecond})
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "last attempt") {
 		t.Fatalf("Dial to nothing: %v", err)
 	}
@@ -566,5 +567,36 @@ func TestRawRequestsMatchAnswersWithAndWithoutToken(t *testing.T) {
 	}
 	if _, err := c.Raw(ctx, "j1/#", nil); err == nil {
 		t.Fatal("raw accepted a wildcard topic")
+	}
+}
+
+func TestCloseInterruptsTheReconnectJitterWithoutLeakingGoroutines(t *testing.T) {
+	b := startBroker(t, brokerOpts{})
+	cfg := testConfig(b)
+	cfg.ReconnectJitter = time.Hour // a reconnect attempt would wait "forever"
+	c := dial(t, cfg)
+	b.close()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Connected() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond) // paho's first retry is immediate, the next one waits in our jitter
+	start := time.Now()
+	c.Close()
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("Close took %s", el)
+	}
+	// paho's reconnect goroutine sits in our jitter wait: it must end with the client.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "paho.mqtt.golang") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("paho goroutines still running after Close:\n%s", stacks)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
