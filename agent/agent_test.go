@@ -1,0 +1,277 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fieldota/fieldota/agent/config"
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/test/jobsim"
+	"github.com/fieldota/fieldota/verify"
+	"github.com/fieldota/fieldota/verify/sign"
+)
+
+// harness runs the emulator and an in-process agent connected to it over real MQTT and HTTP.
+type harness struct {
+	t         *testing.T
+	sim       *jobsim.Sim
+	dir       string
+	artifacts string
+	appRoot   string
+	key       crypto.Signer
+	cfg       *config.Config
+
+	mu     sync.Mutex
+	events []jobsim.Event
+}
+
+const thing = "dev1"
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: t.TempDir()}
+	h.artifacts = filepath.Join(h.dir, "artifacts")
+	h.appRoot = filepath.Join(h.dir, "app")
+	for _, d := range []string{filepath.Join(h.artifacts, "bucket"), h.appRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sim, err := jobsim.Start(context.Background(), jobsim.Config{
+		MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", ArtifactDir: h.artifacts,
+		OnEvent: func(e jobsim.Event) { h.mu.Lock(); h.events = append(h.events, e); h.mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	h.sim = sim
+	key, err := sign.GenerateKey("ecdsa-p256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.key = key
+	pub := filepath.Join(h.dir, "release.pub")
+	if _, err := sign.WriteKeyPair(key, filepath.Join(h.dir, "release.key"), pub); err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf(`thing_name = %q
+state_dir = %q
+compatible = ["board-rev-c"]
+[mqtt]
+endpoint = %q
+[jobs]
+progress_min_interval = "1ms"
+[verify]
+keys = [%q]
+[download]
+allow_insecure_http = true
+stall_timeout = "5s"
+[files]
+allowed_roots = [%q]
+autostart_timeout = "10s"
+`, thing, filepath.Join(h.dir, "state"), sim.MQTTURL(), pub, h.appRoot)
+	cfgPath := filepath.Join(h.dir, "agent.toml")
+	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if h.cfg, err = config.Load(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// publish puts an artifact in the emulator's bucket.
+func (h *harness) publish(name string, content []byte) {
+	h.t.Helper()
+	if err := os.WriteFile(filepath.Join(h.artifacts, "bucket", name), content, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// seedDoc is the seed's example document, signed: autoStart as a string, files as an object.
+func (h *harness) seedDoc(name string, content []byte, version, workDir string) string {
+	sum := sha256.Sum256(content)
+	cs, err := sign.MakeCodesign(h.key, verify.ECDSASHA256, sum[:], int64(len(content)))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	csJSON, _ := json.Marshal(cs)
+	return fmt.Sprintf(`{
+  "operation": "install",
+  "version": %q,
+  "packageName": %q,
+  "autoStart": "true",
+  "workingDirectory": %q,
+  "target": "files",
+  "files": {
+    "fileName": %q,
+    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
+    "size": %d,
+    "sha256": %q,
+    "codesign": %s
+  },
+  "compatible": ["board-rev-c"]
+}`, version, name, workDir, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+}
+
+func (h *harness) createJob(id, doc string) {
+	h.t.Helper()
+	if _, err := h.sim.CreateJob(jobsim.CreateJobInput{JobID: id, Targets: []string{thing}, Document: doc}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// run starts the agent; the returned func stops it and waits for it.
+func (h *harness) run() func() {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	trust, err := verify.LoadTrustStore(h.cfg.Verify.Keys, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a := New(Options{Config: h.cfg, Trust: trust, Logger: log})
+	a.retryWait = 50 * time.Millisecond
+	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
+		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, cl) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				h.t.Errorf("agent: %v", err)
+			}
+			_ = cl.Close()
+		})
+	}
+	h.t.Cleanup(stop)
+	return stop
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// waitTerminal waits until the job's execution on our thing is terminal.
+func (h *harness) waitTerminal(jobID string) jobsim.JobExecution {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ex, err := h.sim.DescribeJobExecution(jobID, thing, 0)
+		if err == nil && jobs.Status(ex.Status).Terminal() {
+			return ex
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ex, _ := h.sim.DescribeJobExecution(jobID, thing, 0)
+	h.t.Fatalf("job %s not terminal: %+v", jobID, ex)
+	return ex
+}
+
+// statuses lists the statuses the job went through, as the emulator recorded them.
+func (h *harness) statuses(jobID string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, e := range h.events {
+		if e.JobID == jobID && e.Kind == jobsim.EventStatus && (len(out) == 0 || out[len(out)-1] != e.Status) {
+			out = append(out, e.Status)
+		}
+	}
+	return out
+}
+
+func TestSeedInstallPyIsPlacedStartedAndSucceeds(t *testing.T) {
+	h := newHarness(t)
+	script := []byte("#!/usr/bin/env python3\nimport os\nprint('installed in', os.getcwd())\n")
+	h.publish("install.py", script)
+	work := filepath.Join(h.appRoot, "JobSampleTesting")
+	h.createJob("seed", h.seedDoc("install.py", script, "1.0", work))
+	h.run()
+	ex := h.waitTerminal("seed")
+	if ex.Status != "SUCCEEDED" {
+		t.Fatalf("status %s details %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	d := ex.StatusDetails.DetailsMap
+	if d["stage"] != "done" || d["version"] != "1.0" || !strings.Contains(d["output"], "installed in "+work) {
+		t.Fatalf("details %v", d)
+	}
+	if b, err := os.ReadFile(filepath.Join(work, "install.py")); err != nil || string(b) != string(script) {
+		t.Fatalf("placed file: %q %v", b, err)
+	}
+}
+
+func TestInvalidDocumentIsRejectedAndNeverStarted(t *testing.T) {
+	h := newHarness(t)
+	h.createJob("bad", `{"operation":"install","version":"1.0","target":"files","workingDirectory":"/etc","files":{"fileName":"../passwd","url":"https://x/y","size":1}}`)
+	h.run()
+	ex := h.waitTerminal("bad")
+	if ex.Status != "REJECTED" || ex.StatusDetails.DetailsMap["reason"] != "INVALID_DOCUMENT" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	for _, s := range h.statuses("bad") {
+		if s == "IN_PROGRESS" {
+			t.Fatalf("went IN_PROGRESS: %v", h.statuses("bad"))
+		}
+	}
+}
+
+func TestTamperedArtifactFailsAndNothingIsPlaced(t *testing.T) {
+	h := newHarness(t)
+	script := []byte("#!/bin/sh\necho good\n")
+	work := filepath.Join(h.appRoot, "w")
+	doc := h.seedDoc("run.sh", script, "2.0", work)
+	h.publish("run.sh", []byte("#!/bin/sh\necho evil\n"))
+	h.createJob("tampered", doc)
+	h.run()
+	ex := h.waitTerminal("tampered")
+	r := ex.StatusDetails.DetailsMap["reason"]
+	if ex.Status != "FAILED" || (r != "SIGNATURE_INVALID" && r != "DIGEST_MISMATCH") {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("tampered file was placed")
+	}
+}
+
+func TestTwoQueuedJobsRunInOrder(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "w")
+	for i, id := range []string{"first", "second"} {
+		content := []byte(fmt.Sprintf("#!/bin/sh\necho %s\n", id))
+		h.publish(id+".sh", content)
+		h.createJob(id, h.seedDoc(id+".sh", content, fmt.Sprintf("1.%d", i), work))
+	}
+	h.run()
+	for _, id := range []string{"first", "second"} {
+		if ex := h.waitTerminal(id); ex.Status != "SUCCEEDED" {
+			t.Fatalf("%s: %s %v", id, ex.Status, ex.StatusDetails.DetailsMap)
+		}
+	}
+	a, _ := h.sim.DescribeJobExecution("first", thing, 0)
+	b, _ := h.sim.DescribeJobExecution("second", thing, 0)
+	if a.LastUpdatedAt > b.StartedAt {
+		t.Fatalf("second started (%d) before first finished (%d)", b.StartedAt, a.LastUpdatedAt)
+	}
+}
