@@ -74,7 +74,13 @@ type Verdict struct {
 // Verify checks a downloaded file. The order is fixed so the reported reason is stable:
 // size, digest, signature, attestation, agreement of plain and signed fields, then policy
 // (unsigned, downgrade, compatibility).
+//
+// A nil *TrustStore trusts no key: for a device with allow_unsigned and no key configured,
+// unsigned payloads pass and every signature is refused rather than ignored.
 func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
+	if ts == nil {
+		ts = &TrustStore{}
+	}
 	var vd Verdict
 	if len(in.Digest) != sha256.Size {
 		return vd, fail(reason.Internal, "verify %s: digest of %d bytes, want a SHA-256", clip(in.Name), len(in.Digest))
@@ -235,8 +241,18 @@ func (ts *TrustStore) verifyAttestation(env []byte, leaf *candidate) (*Statement
 // checkPolicy applies anti-rollback and compatibility to the enforced claims.
 func checkPolicy(vd Verdict, p Policy) error {
 	if vd.Version == "" {
-		return fail(reason.InvalidDocument, "no version stated (plain or signed)")
+		// job documents always state one (package jobdoc); a bare detached signature checked by
+		// the CLI may not, and then there is nothing to roll back against.
+		if p.InstalledVersion != "" {
+			return fail(reason.InvalidDocument, "no version stated (plain or signed) to compare with the installed %s", clip(p.InstalledVersion))
+		}
+	} else if err := checkRollback(vd, p); err != nil {
+		return err
 	}
+	return checkCompatible(vd, p)
+}
+
+func checkRollback(vd Verdict, p Policy) error {
 	nv, err := ParseVersion(vd.Version)
 	if err != nil {
 		return fail(reason.InvalidDocument, "%w", err)
@@ -251,6 +267,10 @@ func checkPolicy(vd Verdict, p Policy) error {
 			return fail(reason.DowngradeRefused, "version %s is older than the installed %s", clip(vd.Version), clip(p.InstalledVersion))
 		}
 	}
+	return nil
+}
+
+func checkCompatible(vd Verdict, p Policy) error {
 	if len(vd.Compatible) > 0 {
 		ok := false
 		for _, c := range vd.Compatible {

@@ -302,3 +302,21 @@ func TestPreflightRefusesDowngradeBeforeDownload(t *testing.T) {
 		t.Fatalf("got %v, want DOWNGRADE_REFUSED", err)
 	}
 }
+
+func TestNilTrustStoreTrustsNothing(t *testing.T) {
+	w := newWorld(t)
+	var ts *verify.TrustStore
+	in := w.base(t)
+	if _, err := ts.Verify(in, verify.Policy{AllowUnsigned: true}); !errors.Is(err, reason.UntrustedKey) {
+		t.Fatalf("signed input with no trust store: %v, want UNTRUSTED_KEY", err)
+	}
+	in.Signature, in.Attestation = nil, nil
+	allow := w.policy
+	allow.AllowUnsigned = true
+	if _, err := ts.Verify(in, allow); err != nil {
+		t.Fatalf("unsigned, allowed: %v", err)
+	}
+	if _, err := ts.Verify(in, verify.Policy{}); !errors.Is(err, reason.Unsigned) {
+		t.Fatalf("unsigned, not allowed: %v", err)
+	}
+}
