@@ -137,7 +137,9 @@ type downloader struct {
 }
 
 // Download fetches req.URL into req.Sink and returns the digest once all req.Size bytes are
-// durable in the sink (synced) and, if req.SHA256 is set, match it.
+// durable in the sink (synced) and, if req.SHA256 is set, match it. Failures carry a reason code
+// (errors.Is(err, reason.URLExpired), …). When ctx ends, the progress is checkpointed and the error
+// wraps ctx.Err() without a reason code: the caller knows why it stopped.
 func Download(ctx context.Context, req Request) (Result, error) {
 	if req.Sink == nil || req.Size < 0 || req.URL == "" {
 		return Result{}, reason.Errorf(reason.DownloadFailed, "download request needs a URL, a size and a sink")
