@@ -19,6 +19,7 @@ import (
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/test/jobsim"
+	"github.com/fieldota/fieldota/test/jobsim/s3"
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 )
@@ -39,9 +40,24 @@ type harness struct {
 
 const thing = "dev1"
 
-func newHarness(t *testing.T) *harness {
+// clock is a wall clock that a test can move forward (to expire presigned URLs).
+type clock struct {
+	mu   sync.Mutex
+	skew time.Duration
+}
+
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.skew) }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.skew += d; c.mu.Unlock() }
+
+func newHarness(t *testing.T) *harness { return newHarnessClock(t, nil) }
+
+func newHarnessClock(t *testing.T, clk *clock) *harness {
 	t.Helper()
 	h := &harness{t: t, dir: t.TempDir()}
+	var now func() time.Time
+	if clk != nil {
+		now = clk.Now
+	}
 	h.artifacts = filepath.Join(h.dir, "artifacts")
 	h.appRoot = filepath.Join(h.dir, "app")
 	for _, d := range []string{filepath.Join(h.artifacts, "bucket"), h.appRoot} {
@@ -50,7 +66,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	sim, err := jobsim.Start(context.Background(), jobsim.Config{
-		MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", ArtifactDir: h.artifacts,
+		MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", S3Addr: "127.0.0.1:0", ArtifactDir: h.artifacts, Now: now,
 		OnEvent: func(e jobsim.Event) { h.mu.Lock(); h.events = append(h.events, e); h.mu.Unlock() },
 	})
 	if err != nil {
@@ -101,7 +117,8 @@ func (h *harness) publish(name string, content []byte) {
 	}
 }
 
-// seedDoc is the seed's example document, signed: autoStart as a string, files as an object.
+// seedDoc is the seed's example document, signed: autoStart as a string ("true" for scripts),
+// files as an object.
 func (h *harness) seedDoc(name string, content []byte, version, workDir string) string {
 	sum := sha256.Sum256(content)
 	cs, err := sign.MakeCodesign(h.key, verify.ECDSASHA256, sum[:], int64(len(content)))
@@ -113,7 +130,7 @@ func (h *harness) seedDoc(name string, content []byte, version, workDir string) 
   "operation": "install",
   "version": %q,
   "packageName": %q,
-  "autoStart": "true",
+  "autoStart": "%t",
   "workingDirectory": %q,
   "target": "files",
   "files": {
@@ -124,7 +141,7 @@ func (h *harness) seedDoc(name string, content []byte, version, workDir string) 
     "codesign": %s
   },
   "compatible": ["board-rev-c"]
-}`, version, name, workDir, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+}`, version, name, strings.HasSuffix(name, ".sh") || strings.HasSuffix(name, ".py"), workDir, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
 }
 
 func (h *harness) createJob(id, doc string) {
@@ -273,5 +290,116 @@ func TestTwoQueuedJobsRunInOrder(t *testing.T) {
 	b, _ := h.sim.DescribeJobExecution("second", thing, 0)
 	if a.LastUpdatedAt > b.StartedAt {
 		t.Fatalf("second started (%d) before first finished (%d)", b.StartedAt, a.LastUpdatedAt)
+	}
+}
+
+// throttled publishes a payload served slowly enough to act on the job mid-download.
+func (h *harness) throttled(name string, size int, rate int64) []byte {
+	content := make([]byte, size)
+	for i := range content {
+		content[i] = byte(i * 7)
+	}
+	h.publish(name, content)
+	h.sim.Artifacts().SetFaults("bucket/"+name, s3.Faults{RateBytesPerSec: rate})
+	return content
+}
+
+func (h *harness) waitFor(what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (h *harness) progressReports(jobID string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, e := range h.events {
+		if e.JobID == jobID && e.Kind == jobsim.EventUpdated {
+			out = append(out, e.Detail)
+		}
+	}
+	return out
+}
+
+func TestForceCancelDuringDownloadStopsCleansUpAndTakesNextJob(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "w")
+	big := h.throttled("big.bin", 256<<10, 64<<10)
+	h.createJob("slow", h.seedDoc("big.bin", big, "3.0", work))
+	next := []byte("#!/bin/sh\necho next\n")
+	h.publish("next.sh", next)
+	h.run()
+	staging := filepath.Join(h.cfg.StateDir, "staging", "slow-1")
+	h.waitFor("the download to start", func() bool {
+		ex, err := h.sim.DescribeJobExecution("slow", thing, 0)
+		return err == nil && ex.StatusDetails.DetailsMap["stage"] == "download" && ex.StatusDetails.DetailsMap["progress"] != "0" && ex.StatusDetails.DetailsMap["progress"] != ""
+	})
+	h.createJob("next", h.seedDoc("next.sh", next, "3.1", work))
+	if err := h.sim.CancelJob("slow", jobsim.CancelJobInput{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if ex := h.waitTerminal("next"); ex.Status != "SUCCEEDED" {
+		t.Fatalf("next job: %s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if ex, _ := h.sim.DescribeJobExecution("slow", thing, 0); ex.Status != "CANCELED" {
+		t.Fatalf("canceled job: %s", ex.Status)
+	}
+	if _, err := os.Stat(staging); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("partial download left in %s", staging)
+	}
+	if _, err := os.Stat(filepath.Join(work, "big.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("canceled payload was placed")
+	}
+}
+
+func TestPresignedURLExpiringMidDownloadIsRefreshedAndCompletes(t *testing.T) {
+	clk := &clock{}
+	h := newHarnessClock(t, clk)
+	work := filepath.Join(h.appRoot, "w")
+	big := h.throttled("big.bin", 256<<10, 128<<10)
+	// Cut the connection half-way: the reconnect must then present a URL that has expired.
+	h.sim.Artifacts().SetFaults("bucket/big.bin", s3.Faults{RateBytesPerSec: 128 << 10, CutAtOffsets: []int64{128 << 10}})
+	h.createJob("expiring", h.seedDoc("big.bin", big, "4.0", work))
+	h.run()
+	h.waitFor("the first bytes", func() bool { return h.sim.Artifacts().Stats("bucket/big.bin").BytesSent > 32<<10 })
+	clk.Advance(2 * time.Hour) // every URL minted so far is now past its 3600 s
+	ex := h.waitTerminal("expiring")
+	if ex.Status != "SUCCEEDED" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	var denied, sent int64
+	for _, r := range h.sim.Artifacts().Requests() {
+		if r.Status == 403 {
+			denied++
+		}
+		sent += r.Bytes
+	}
+	if denied == 0 {
+		t.Fatal("no request was refused as expired: the test proved nothing")
+	}
+	if sent > int64(len(big))+(1<<20) {
+		t.Fatalf("%d bytes sent for a %d-byte payload: the download restarted", sent, len(big))
+	}
+}
+
+func TestProgressIsReportedInStepsNotPerChunk(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "w")
+	big := h.throttled("big.bin", 512<<10, 256<<10)
+	h.createJob("progress", h.seedDoc("big.bin", big, "5.0", work))
+	h.run()
+	if ex := h.waitTerminal("progress"); ex.Status != "SUCCEEDED" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	n := len(h.progressReports("progress"))
+	// accept→download 0 %, ≤ 10 steps of 10 %, verify, install: well under one per chunk.
+	if n < 3 || n > 14 {
+		t.Fatalf("%d in-progress updates: %v", n, h.progressReports("progress"))
 	}
 }
