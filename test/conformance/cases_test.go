@@ -532,13 +532,28 @@ var cases = []conformanceCase{
 		t := f.t
 		victim := f.device()
 		j := f.job([]string{victim.thing})
+		victim.expectNotify(t, map[jobs.Status][]string{jobs.Queued: {j}})
 		victim.expectNext(t, j)
 		attacker := f.name("attacker")
 
-		// Subscribing to the victim's Jobs topics is refused (0x80): Dial fails, typed.
-		ctx := f.ctx()
+		// A client with the attacker's identity speaking for the victim's thing. AWS and the
+		// embedded broker refuse its subscriptions (0x80): Dial fails, typed. Mosquitto 2.0's
+		// acl_file grants subscriptions and enforces "read" at delivery instead: then the spy hears
+		// nothing and its requests go unanswered.
+		spyHeard := make(chan string, 16)
 		cfg := f.config(victim.thing, attacker)
-		if _, err := jobs.Dial(ctx, cfg); !errors.Is(err, jobs.ErrSubscriptionRefused) {
+		cfg.RequestTimeout, cfg.MaxRetries = 500*time.Millisecond, -1
+		cfg.OnNotifyNext = func(jobs.NextJobExecutionChanged) { spyHeard <- "notify-next" }
+		cfg.OnNotify = func(jobs.JobExecutionsChanged) { spyHeard <- "notify" }
+		spy, err := jobs.Dial(f.ctx(), cfg)
+		switch {
+		case errors.Is(err, jobs.ErrSubscriptionRefused):
+		case err == nil && f.external:
+			defer spy.Close()
+			if _, err := spy.GetPending(f.ctx()); !errors.Is(err, jobs.ErrTimeout) {
+				t.Fatalf("the spy's GetPending on %s's topics: %v, want no answer", victim.thing, err)
+			}
+		default:
 			t.Fatalf("Dial as %s for %s's topics: %v, want ErrSubscriptionRefused", attacker, victim.thing, err)
 		}
 
@@ -580,6 +595,14 @@ var cases = []conformanceCase{
 			t.Fatalf("the emulator served %d requests on the victim's topics", n)
 		}
 		victim.expectNoNext(t)
+		// The victim still hears its own events; the spy hears none of them.
+		j2 := f.job([]string{victim.thing})
+		victim.expectNotify(t, map[jobs.Status][]string{jobs.Queued: {j, j2}})
+		select {
+		case what := <-spyHeard:
+			t.Fatalf("the spy received the victim's %s", what)
+		case <-time.After(300 * time.Millisecond):
+		}
 	}},
 }
 
