@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/test/jobsim"
 	"github.com/fieldota/fieldota/test/testpki"
@@ -325,4 +327,22 @@ func hasPrefixAny(s string, p ...string) bool {
 		}
 	}
 	return false
+}
+
+// takeOver drops a device on a broker the test does not control by connecting a second client
+// with the same client id and certificate: MQTT makes the broker close the older connection. The
+// intruder leaves at once, so the device's reconnect finds the id free.
+func takeOver(t *testing.T, endpoint string, tc *tls.Config, clientID string) {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(endpoint).SetClientID(clientID).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetKeepAlive(10 * time.Second)
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("take-over connect as %s: %v", clientID, tok.Error())
+	}
+	c.Disconnect(50)
 }
