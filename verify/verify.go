@@ -146,6 +146,9 @@ func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
 // only be checked for policy here.
 func (ts *TrustStore) Preflight(in Input, p Policy) (Verdict, error) {
 	in.Size = in.Expected.Size
+	if in.Size < 0 && in.Signature != nil && in.Signature.RawPayloadSize > 0 {
+		in.Size = in.Signature.RawPayloadSize
+	}
 	if in.Expected.SHA256 == nil {
 		// Nothing to check signatures against: policy only, on the plain claims.
 		if in.Signature == nil && in.Attestation == nil && !p.AllowUnsigned {

@@ -185,22 +185,25 @@ func Parse(data []byte, opt Options) (*Document, error) {
 			return nil, invalid("version: %w", err)
 		}
 	} else if !d.attested() {
-		return nil, invalid("version is required (or an attestation that carries it)")
+		return nil, invalid("version is required (unless one document-wide attestation carries it)")
 	}
 	slices.Sort(d.Unknown)
 	return d, nil
 }
 
+// attested reports whether one document-wide attestation covers every file, so the signed
+// version may stand alone. With per-file attestations the plain version is required: each
+// signed version must then equal it, so all files carry one version.
 func (d *Document) attested() bool {
-	if d.Attestation != nil {
-		return true
+	if d.Attestation == nil {
+		return false
 	}
 	for _, f := range d.Files {
-		if f.Attestation == nil {
+		if f.Attestation != nil {
 			return false
 		}
 	}
-	return len(d.Files) > 0
+	return true
 }
 
 func (d *Document) checkTarget(wd string, opt Options) error {

@@ -283,3 +283,23 @@ func TestAcceptedVariants(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionMayComeFromTheDocumentAttestationOnly(t *testing.T) {
+	s := newSigned(t)
+	noVersion := strings.Replace(s.seed(presigned), `"version": "1.0",`, ``, 1)
+	d, err := jobdoc.Parse([]byte(noVersion), device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := d.VerifyInput(0)
+	in.Digest, in.Size = sum[:], int64(len(payload))
+	vd, err := s.ts.Verify(in, verify.Policy{InstalledVersion: "1.0", DeviceCompatible: []string{"board-rev-c"}})
+	if err != nil || vd.Version != "1.0" {
+		t.Fatalf("verdict %+v, %v", vd, err)
+	}
+	// Per-file attestations could disagree with each other: then the plain version is required.
+	perFile := strings.Replace(noVersion, `"sha256":`, `"attestation": `+fmt.Sprintf("%q", s.att)+`, "sha256":`, 1)
+	if _, err := jobdoc.Parse([]byte(perFile), device); !errors.Is(err, reason.InvalidDocument) {
+		t.Fatalf("per-file attestation without a plain version: %v", err)
+	}
+}
