@@ -15,6 +15,7 @@ import (
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/verify"
 )
 
@@ -109,6 +110,10 @@ const pollInterval = 15 * time.Minute
 func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	a.api, a.upd.api = api, api
 	if err := a.cfg.EnsureStateDir(); err != nil {
+		return err
+	}
+	// A kill inside a durable write leaves its temp file behind; nothing else can own it.
+	if _, err := durable.RemoveTemps(a.cfg.StateDir); err != nil {
 		return err
 	}
 	j, err := a.store.Load()

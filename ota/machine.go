@@ -58,7 +58,7 @@ func (m *Machine) Begin(ctx context.Context, j *Journal) error {
 		j.State = StateAccept
 	}
 	j.StartedAt = m.now().UTC()
-	if err := m.Store.Save(j); err != nil {
+	if err := m.enter(j); err != nil {
 		return err
 	}
 	return m.Run(ctx, j)

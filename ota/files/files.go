@@ -158,9 +158,13 @@ func place(dir string, f File) error {
 	})
 }
 
-// Restore puts back every file of p as it was before an interrupted or failed install.
+// Restore puts back every file of p as it was before an interrupted or failed install, and
+// removes the temp files a crash inside a durable write may have left in the directory.
 func Restore(p Plan) error {
 	var errs []error
+	if _, err := durable.RemoveTemps(p.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	for _, f := range p.Files {
 		target := filepath.Join(p.Dir, f.Name)
 		prev := filepath.Join(p.Dir, prevPrefix+f.Name)
