@@ -86,9 +86,9 @@ func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); ret
 func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.skew += d; c.mu.Unlock() }
 
 type envOpts struct {
-	clock    *clock
-	external *jobsim.ExternalBroker
-	endpoint string // broker URL for the agent when external
+	clock                     *clock
+	external                  *jobsim.ExternalBroker
+	endpoint                  string // broker URL for the agent when external
 	mqttCA, mqttCert, mqttKey string
 }
 
@@ -344,5 +344,9 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
