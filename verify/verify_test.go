@@ -112,6 +112,12 @@ func TestAttacks(t *testing.T) {
 			})
 			in.Signature.Value = sigB64(t, w.k.other, verify.ECDSASHA256, w.digest)
 		}, reason.UntrustedKey},
+		{"certificate valid now but expired at the injected clock", func(in *verify.Input, p *verify.Policy) {
+			in.Signature.KeyID = ""
+			in.Signature.CertChain = w.ca.leaf(t, w.k.other.Public(), nil)
+			in.Signature.Value = sigB64(t, w.k.other, verify.ECDSASHA256, w.digest)
+			p.Now = time.Now().Add(48 * time.Hour)
+		}, reason.UntrustedKey},
 		{"certificate without the code-signing EKU", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.KeyID = ""
 			in.Signature.CertChain = w.ca.leaf(t, w.k.other.Public(), func(c *x509.Certificate) {
