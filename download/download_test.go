@@ -94,6 +94,27 @@ func newEnv(t *testing.T, size int, tlsOn bool) *env {
 	return e
 }
 
+// stats and requests read the server's counters once every request has been accounted for
+// (a client can finish reading a body before the server's handler returns).
+func (e *env) stats(obj string) s3.Stats {
+	e.quiet()
+	return e.srv.Stats(obj)
+}
+
+func (e *env) requests() []s3.Request {
+	e.quiet()
+	return e.srv.Requests()
+}
+
+func (e *env) quiet() {
+	e.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); e.srv.InFlight() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatal("server requests still in flight")
+		}
+	}
+}
+
 func (e *env) sign(obj string, d time.Duration) string {
 	u := e.p.Sign(obj, d)
 	e.remember(u)
@@ -210,7 +231,7 @@ func TestCleanDownload(t *testing.T) {
 				t.Fatalf("result %+v, progress %d", res, last)
 			}
 			e.assertFile(path, e.data)
-			if st := e.srv.Stats(object); st.Requests != 1 || st.BytesSent != res.Size {
+			if st := e.stats(object); st.Requests != 1 || st.BytesSent != res.Size {
 				t.Fatalf("server %+v", st)
 			}
 			// A crash after completion but before the caller moved on costs no second download.
@@ -221,7 +242,7 @@ func TestCleanDownload(t *testing.T) {
 			if err != nil || !bytes.Equal(again.SHA256, e.sum) || again.BytesOnWire != 0 {
 				t.Fatalf("second call: %+v %v", again, err)
 			}
-			if st := e.srv.Stats(object); st.Requests != 1 {
+			if st := e.stats(object); st.Requests != 1 {
 				t.Fatalf("second call went to the server: %+v", st)
 			}
 			if err := RemoveCheckpoint(cp); err != nil {
@@ -250,12 +271,12 @@ func TestConnectionCutAtTenRandomOffsetsResumesWithoutRefetching(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.assertFile(path, e.data)
-	st := e.srv.Stats(object)
+	st := e.stats(object)
 	if limit := size + 10*(1<<20); st.BytesSent > limit || res.BytesOnWire > limit {
 		t.Fatalf("%d bytes sent, %d received for %d (limit %d)", st.BytesSent, res.BytesOnWire, size, limit)
 	}
 	cuts := 0
-	for _, r := range e.srv.Requests() {
+	for _, r := range e.requests() {
 		if r.Cut {
 			cuts++
 		}
@@ -264,7 +285,7 @@ func TestConnectionCutAtTenRandomOffsetsResumesWithoutRefetching(t *testing.T) {
 	if cuts != distinct || st.Requests != distinct+1 || res.Restarts != 0 {
 		t.Fatalf("%d cuts, %d requests, %d restarts for %d distinct offsets", cuts, st.Requests, res.Restarts, distinct)
 	}
-	for _, r := range e.srv.Requests()[1:] {
+	for _, r := range e.requests()[1:] {
 		if !strings.HasPrefix(r.Range, "bytes=") || r.IfRange == "" || r.Status != http.StatusPartialContent {
 			t.Fatalf("resume request %+v is not a conditional range", r)
 		}
@@ -330,13 +351,14 @@ func TestKilledProcessResumesFromCheckpoint(t *testing.T) {
 	t.Logf("killed with checkpoint at %d of %d", c.Offset, size)
 
 	e.srv.ClearFaults()
-	before := e.srv.Stats(object).BytesSent
+	// The killed process's request is accounted for once its handler notices the dead connection.
+	before := e.stats(object).BytesSent
 	f, _ := e.sink("payload")
 	res, err := Download(context.Background(), e.request(f, cpPath))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent := e.srv.Stats(object).BytesSent - before
+	sent := e.stats(object).BytesSent - before
 	if !res.Resumed || res.ResumedFrom != c.Offset || sent != size-c.Offset || res.BytesOnWire != sent {
 		t.Fatalf("resume %+v: server sent %d, wanted %d", res, sent, size-c.Offset)
 	}
@@ -398,7 +420,7 @@ func TestURLExpiresMidDownloadRefreshesAndContinuesFromSameOffset(t *testing.T) 
 		t.Fatal(err)
 	}
 	e.assertFile(path, e.data)
-	log := e.srv.Requests()
+	log := e.requests()
 	if refreshes != 1 || res.Refreshes != 1 || len(log) != 3 || log[1].Status != 403 ||
 		log[2].Range != fmt.Sprintf("bytes=%d-", cutAt) || log[2].Status != 206 {
 		t.Fatalf("refreshes %d, log %+v", refreshes, log)
@@ -406,7 +428,7 @@ func TestURLExpiresMidDownloadRefreshesAndContinuesFromSameOffset(t *testing.T) 
 	if logs := e.logs.String(); !strings.Contains(logs, "fresh URL") || !strings.Contains(logs, e.hs.URL+"/"+object) {
 		t.Fatalf("refresh not logged with the redacted URL:\n%s", logs)
 	}
-	if st := e.srv.Stats(object); st.BytesSent != size { // the 403 went to no object
+	if st := e.stats(object); st.BytesSent != size { // the 403 went to no object
 		t.Fatalf("payload bytes sent %d for %d", st.BytesSent, size)
 	}
 }
@@ -473,7 +495,7 @@ func TestServerAnswering200ToRangeRestartsFromZero(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.assertFile(path, e.data)
-	log := e.srv.Requests()
+	log := e.requests()
 	if len(log) != 2 || log[1].Range == "" || log[1].Status != 200 || res.Restarts != 1 || res.BytesOnWire != size+700<<10 {
 		t.Fatalf("%+v %+v", res, log)
 	}
@@ -556,11 +578,11 @@ func TestStallReconnects(t *testing.T) {
 				t.Fatalf("took %v: the stall was waited out, not detected", took)
 			}
 			e.assertFile(path, e.data)
-			if st := e.srv.Stats(object); st.Requests != 2 {
+			if st := e.stats(object); st.Requests != 2 {
 				t.Fatalf("%d requests", st.Requests)
 			}
-			if c.faults.StallAfterBytes > 0 && e.srv.Requests()[1].Range != fmt.Sprintf("bytes=%d-", c.faults.StallAfterBytes) {
-				t.Fatalf("reconnect did not resume: %+v", e.srv.Requests()[1])
+			if c.faults.StallAfterBytes > 0 && e.requests()[1].Range != fmt.Sprintf("bytes=%d-", c.faults.StallAfterBytes) {
+				t.Fatalf("reconnect did not resume: %+v", e.requests()[1])
 			}
 		})
 	}
@@ -595,8 +617,8 @@ func TestRefusedURLForeverGivesUpAfterBoundedRefreshes(t *testing.T) {
 				t.Fatalf("want %s, got %v", c.code, err)
 			}
 			e.assertNoSecret("error", err.Error())
-			if asked != 3 || e.srv.Stats(c.obj).Requests != 4 {
-				t.Fatalf("%d refreshes, %d requests", asked, e.srv.Stats(c.obj).Requests)
+			if asked != 3 || e.stats(c.obj).Requests != 4 {
+				t.Fatalf("%d refreshes, %d requests", asked, e.stats(c.obj).Requests)
 			}
 		})
 	}
@@ -621,7 +643,7 @@ func TestServerErrorsAreRetriedHonouringRetryAfter(t *testing.T) {
 		t.Fatalf("500 forever: %v", err)
 	}
 	e.assertNoSecret("error", err.Error())
-	if n := e.srv.Stats(object).Requests; n != 3+5 { // 2×503 + OK, then 500 × (1 + Retries)
+	if n := e.stats(object).Requests; n != 3+5 { // 2×503 + OK, then 500 × (1 + Retries)
 		t.Fatalf("%d requests: retries not bounded at Retries+1", n)
 	}
 }
@@ -659,7 +681,7 @@ func TestTooLittleDiskIsRefusedBeforeAnyByte(t *testing.T) {
 			if !errors.Is(err, reason.InsufficientSpace) {
 				t.Fatalf("got %v", err)
 			}
-			if n := e.srv.Stats("").Requests; n != 0 {
+			if n := e.stats("").Requests; n != 0 {
 				t.Fatalf("%d requests reached the server", n)
 			}
 			if fi, _ := f.Stat(); fi.Size() != 0 {
@@ -773,7 +795,7 @@ func TestBlockDeviceSinkIsNeverTruncatedAndMustBeBigEnough(t *testing.T) {
 	}
 	small, _ := e.sink("tiny-slot")
 	_, err = Download(context.Background(), e.request(slotDevice{small}, ""))
-	if !errors.Is(err, reason.InsufficientSpace) || e.srv.Stats(object).Requests != 2 { // none for the small slot
+	if !errors.Is(err, reason.InsufficientSpace) || e.stats(object).Requests != 2 { // none for the small slot
 		t.Fatalf("too small a slot: %v", err)
 	}
 }

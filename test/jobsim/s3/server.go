@@ -75,6 +75,7 @@ type Server struct {
 	total     Stats
 	log       []Request
 	etags     map[fileID]string
+	inFlight  int
 }
 
 type artifact struct {
@@ -136,6 +137,14 @@ func (s *Server) Stats(objectPath string) Stats {
 	return s.art(objectPath).stats
 }
 
+// InFlight is the number of requests being answered. A client can have read a whole body before
+// its handler returns and is counted, so tests wait for 0 before reading Stats or Requests.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight
+}
+
 // Requests returns the recent requests in order (bounded).
 func (s *Server) Requests() []Request {
 	s.mu.Lock()
@@ -166,6 +175,7 @@ func (s *Server) art(objectPath string) *artifact {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.n++
+	s.inFlight++
 	rec := Request{N: s.n, Method: r.Method, Range: r.Header.Get("Range"), IfRange: r.Header.Get("If-Range")}
 	onReq := s.onRequest
 	s.mu.Unlock()
@@ -247,6 +257,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) record(rec Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.inFlight--
 	s.total.Requests++
 	s.total.BytesSent += rec.Bytes
 	if rec.Object != "" {

@@ -71,6 +71,16 @@ func (fx *fixture) get(t *testing.T, method, u string, hdr map[string]string) (*
 	return resp, body, err
 }
 
+// quiet waits until the server has accounted for every request.
+func quiet(t *testing.T, s *Server) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); s.InFlight() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("requests still in flight")
+		}
+	}
+}
+
 func etagOf(b []byte) string {
 	s := md5.Sum(b)
 	return `"` + hex.EncodeToString(s[:]) + `"`
@@ -206,6 +216,7 @@ func TestFaults(t *testing.T) {
 			if !errors.Is(err, io.ErrUnexpectedEOF) || len(body) != 12345 || !bytes.Equal(body, fx.data[:12345]) {
 				t.Fatalf("err %v, %d bytes", err, len(body))
 			}
+			quiet(t, fx.srv)
 			if st := fx.srv.Stats(obj); st.BytesSent != 12345 || st.Requests != 1 {
 				t.Fatalf("stats %+v", st)
 			}
@@ -293,6 +304,7 @@ func TestPerRequestFaultsByNumber(t *testing.T) {
 	if r1.StatusCode != 500 || len(b2) != 10 || err2 == nil || err3 != nil || r3.StatusCode != 200 || len(b3) != len(fx.data) {
 		t.Fatalf("%d %d %v %v", r1.StatusCode, len(b2), err2, err3)
 	}
+	quiet(t, fx.srv)
 	log := fx.srv.Requests()
 	if st := fx.srv.Stats(""); st.Requests != 3 || len(log) != 3 || st.BytesSent != log[0].Bytes+10+int64(len(fx.data)) ||
 		log[0].Status != 500 || !log[1].Cut || log[2].Bytes != int64(len(fx.data)) {
