@@ -89,7 +89,7 @@ Repeat --file with one --url or --presign each, in the same order.`,
 					if err != nil {
 						return usageErr(err)
 					}
-					f.SigSHA256ECDSA = b64(s)
+					f.SigSHA256ECDSA = b64Std(s)
 				case "none":
 				default:
 					return usageErr(fmt.Errorf("--signature-format %q: want codesign, freertos or none", sigFormat))
@@ -111,7 +111,7 @@ Repeat --file with one --url or --presign each, in the same order.`,
 			if err != nil {
 				return usageErr(err)
 			}
-			if err := writeOut(out, doc, 0o644); err != nil {
+			if err := writeCLIFile(out, doc, 0o644); err != nil {
 				return ioErr(err)
 			}
 			return nil

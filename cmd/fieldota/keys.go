@@ -80,8 +80,8 @@ type refusal struct {
 func (r *refusal) Error() string { return fmt.Sprintf("REFUSED %s: %s", r.code, r.msg) }
 func (r *refusal) Unwrap() error { return r.err }
 
-// writeOut writes a CLI output file (not device state, so no durable helper needed).
-func writeOut(path string, data []byte, perm os.FileMode) error {
+// writeCLIFile writes a CLI output file (not device state, so no durable helper needed).
+func writeCLIFile(path string, data []byte, perm os.FileMode) error {
 	if path == "-" {
 		_, err := os.Stdout.Write(data)
 		return err
@@ -89,4 +89,4 @@ func writeOut(path string, data []byte, perm os.FileMode) error {
 	return os.WriteFile(path, data, perm)
 }
 
-func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+func b64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

@@ -16,7 +16,7 @@ import (
 )
 
 // run executes the CLI in-process and returns its output and the exit status main would use.
-func run(t *testing.T, args ...string) (string, int, error) {
+func cliRun(t *testing.T, args ...string) (string, int, error) {
 	t.Helper()
 	root := newRoot()
 	var out bytes.Buffer
@@ -30,9 +30,9 @@ func run(t *testing.T, args ...string) (string, int, error) {
 	return out.String(), 0, nil
 }
 
-func mustRun(t *testing.T, args ...string) string {
+func cliMustRun(t *testing.T, args ...string) string {
 	t.Helper()
-	out, code, err := run(t, args...)
+	out, code, err := cliRun(t, args...)
 	if code != 0 {
 		t.Fatalf("fieldota %s: exit %d: %v\n%s", strings.Join(args, " "), code, err, out)
 	}
@@ -43,7 +43,7 @@ func TestKeygenWritesPrivateKey0600AndNeverOverwrites(t *testing.T) {
 	dir := t.TempDir()
 	for _, kind := range []string{"ecdsa-p256", "ed25519", "ecdsa-p384", "rsa-3072"} {
 		prefix := filepath.Join(dir, kind)
-		out := mustRun(t, "keygen", "--type", kind, "--out", prefix)
+		out := cliMustRun(t, "keygen", "--type", kind, "--out", prefix)
 		if !strings.Contains(out, "key id:") {
 			t.Fatalf("output: %s", out)
 		}
@@ -53,14 +53,14 @@ func TestKeygenWritesPrivateKey0600AndNeverOverwrites(t *testing.T) {
 		}
 	}
 	before, _ := os.ReadFile(filepath.Join(dir, "ecdsa-p256.key"))
-	if _, code, _ := run(t, "keygen", "--out", filepath.Join(dir, "ecdsa-p256")); code != 2 {
+	if _, code, _ := cliRun(t, "keygen", "--out", filepath.Join(dir, "ecdsa-p256")); code != 2 {
 		t.Fatalf("overwriting keygen: exit %d, want 2", code)
 	}
 	after, _ := os.ReadFile(filepath.Join(dir, "ecdsa-p256.key"))
 	if !bytes.Equal(before, after) {
 		t.Fatal("keygen replaced an existing private key")
 	}
-	if _, code, _ := run(t, "keygen", "--type", "dsa", "--out", filepath.Join(dir, "x")); code != 2 {
+	if _, code, _ := cliRun(t, "keygen", "--type", "dsa", "--out", filepath.Join(dir, "x")); code != 2 {
 		t.Fatalf("unknown type: exit %d, want 2", code)
 	}
 }
@@ -68,18 +68,18 @@ func TestKeygenWritesPrivateKey0600AndNeverOverwrites(t *testing.T) {
 func TestJobSignVerifyExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	mustRun(t, "keygen", "--out", key)
+	cliMustRun(t, "keygen", "--out", key)
 	other := filepath.Join(dir, "other")
-	mustRun(t, "keygen", "--out", other)
+	cliMustRun(t, "keygen", "--out", other)
 	file := filepath.Join(dir, "install.py")
 	if err := os.WriteFile(file, []byte("print('fieldota')\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	doc := filepath.Join(dir, "job.json")
-	mustRun(t, "job", "--key", key+".key", "--file", file, "--presign", "https://s3.eu-west-1.amazonaws.com/b/install.py",
+	cliMustRun(t, "job", "--key", key+".key", "--file", file, "--presign", "https://s3.eu-west-1.amazonaws.com/b/install.py",
 		"--version", "1.2.0", "--compatible", "board-rev-c", "--working-directory", "/opt/app/x",
 		"--package-name", "install.py", "--auto-start", "-o", doc)
-	mustRun(t, "sign", "--key", key+".key", "--version", "1.2.0", file)
+	cliMustRun(t, "sign", "--key", key+".key", "--version", "1.2.0", file)
 
 	ok := [][]string{
 		{"verify", "--key", key + ".pub", "--job", doc, "--device-compatible", "board-rev-c", "--installed-version", "1.1.0", file},
@@ -88,7 +88,7 @@ func TestJobSignVerifyExitCodes(t *testing.T) {
 		{"verify", "--key", key + ".pub", "--signature", file + ".sig", "--attestation", file + ".intoto.json", file},
 	}
 	for _, args := range ok {
-		if out := mustRun(t, args...); !strings.HasPrefix(out, "OK ") {
+		if out := cliMustRun(t, args...); !strings.HasPrefix(out, "OK ") {
 			t.Fatalf("%v: %s", args, out)
 		}
 	}
@@ -103,7 +103,7 @@ func TestJobSignVerifyExitCodes(t *testing.T) {
 		{"wrong key, detached", []string{"verify", "--key", other + ".pub", "--signature", file + ".sig", file}, reason.SignatureInvalid},
 	}
 	for _, c := range refused {
-		out, code, err := run(t, c.args...)
+		out, code, err := cliRun(t, c.args...)
 		if code != 1 || !errors.Is(err, c.want) || !strings.Contains(err.Error(), "REFUSED "+string(c.want)) {
 			t.Fatalf("%s: exit %d, err %v, want 1 and %s\n%s", c.name, code, err, c.want, out)
 		}
@@ -112,10 +112,10 @@ func TestJobSignVerifyExitCodes(t *testing.T) {
 	if err := os.WriteFile(file, []byte("print('evil')\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, code, err := run(t, "verify", "--key", key+".pub", "--job", doc, file); code != 1 || !errors.Is(err, reason.SizeMismatch) {
+	if _, code, err := cliRun(t, "verify", "--key", key+".pub", "--job", doc, file); code != 1 || !errors.Is(err, reason.SizeMismatch) {
 		t.Fatalf("tampered payload: exit %d, %v", code, err)
 	}
-	if _, code, err := run(t, "verify", "--key", key+".pub", "--signature", file+".sig", file); code != 1 || !errors.Is(err, reason.SignatureInvalid) {
+	if _, code, err := cliRun(t, "verify", "--key", key+".pub", "--signature", file+".sig", file); code != 1 || !errors.Is(err, reason.SignatureInvalid) {
 		t.Fatalf("tampered payload, detached: exit %d, %v", code, err)
 	}
 	// Usage and I/O errors are 2, never 0 or 1.
@@ -124,13 +124,13 @@ func TestJobSignVerifyExitCodes(t *testing.T) {
 		{"verify", "--job", doc, file},
 		{"verify", "--key", key + ".pub", "--job", filepath.Join(dir, "missing.json"), file},
 	} {
-		if _, code, _ := run(t, args...); code != 2 {
+		if _, code, _ := cliRun(t, args...); code != 2 {
 			t.Fatalf("%v: exit %d, want 2", args, code)
 		}
 	}
 }
 
-func opensslCmd(t *testing.T, args ...string) ([]byte, error) {
+func cliOpenssl(t *testing.T, args ...string) ([]byte, error) {
 	t.Helper()
 	bin, err := exec.LookPath("openssl")
 	if err != nil {
@@ -150,8 +150,8 @@ func TestOpensslInteropThroughCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := filepath.Join(dir, "k")
-	mustRun(t, "keygen", "--out", key)
-	mustRun(t, "sign", "--key", key+".key", file)
+	cliMustRun(t, "keygen", "--out", key)
+	cliMustRun(t, "sign", "--key", key+".key", file)
 	b64sig, _ := os.ReadFile(file + ".sig")
 	der, err := base64.StdEncoding.DecodeString(string(b64sig))
 	if err != nil {
@@ -159,7 +159,7 @@ func TestOpensslInteropThroughCLI(t *testing.T) {
 	}
 	derPath := filepath.Join(dir, "sig.der")
 	_ = os.WriteFile(derPath, der, 0o644)
-	if out, err := opensslCmd(t, "dgst", "-sha256", "-verify", key+".pub", "-signature", derPath, file); err != nil || !strings.Contains(string(out), "Verified OK") {
+	if out, err := cliOpenssl(t, "dgst", "-sha256", "-verify", key+".pub", "-signature", derPath, file); err != nil || !strings.Contains(string(out), "Verified OK") {
 		t.Fatalf("openssl refused fieldota's signature: %v\n%s", err, out)
 	}
 
@@ -169,16 +169,16 @@ func TestOpensslInteropThroughCLI(t *testing.T) {
 		{"pkey", "-in", okey, "-pubout", "-out", opub},
 		{"dgst", "-sha256", "-sign", okey, "-out", osig, file},
 	} {
-		if out, err := opensslCmd(t, args...); err != nil {
+		if out, err := cliOpenssl(t, args...); err != nil {
 			t.Fatalf("openssl %v: %v\n%s", args, err, out)
 		}
 	}
 	raw, _ := os.ReadFile(osig)
 	sigFile := filepath.Join(dir, "o.sig")
 	_ = os.WriteFile(sigFile, []byte(base64.StdEncoding.EncodeToString(raw)), 0o644)
-	mustRun(t, "verify", "--key", opub, "--signature", sigFile, file)
+	cliMustRun(t, "verify", "--key", opub, "--signature", sigFile, file)
 	// openssl's key signing, fieldota's key verifying: refused.
-	if _, code, err := run(t, "verify", "--key", key+".pub", "--signature", sigFile, file); code != 1 || !errors.Is(err, reason.SignatureInvalid) {
+	if _, code, err := cliRun(t, "verify", "--key", key+".pub", "--signature", sigFile, file); code != 1 || !errors.Is(err, reason.SignatureInvalid) {
 		t.Fatalf("foreign openssl signature: exit %d, %v", code, err)
 	}
 }

@@ -76,11 +76,11 @@ writes, and (with --predicate-out) that predicate file.`,
 			if codesignOut == "" {
 				codesignOut = file + ".codesign.json"
 			}
-			if err := writeOut(sigOut, []byte(cs.Signature), 0o644); err != nil {
+			if err := writeCLIFile(sigOut, []byte(cs.Signature), 0o644); err != nil {
 				return ioErr(err)
 			}
 			cj, _ := json.MarshalIndent(cs, "", "  ")
-			if err := writeOut(codesignOut, append(cj, '\n'), 0o644); err != nil {
+			if err := writeCLIFile(codesignOut, append(cj, '\n'), 0o644); err != nil {
 				return ioErr(err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "signature: %s\ncodesign:  %s\n", sigOut, codesignOut)
@@ -98,13 +98,13 @@ writes, and (with --predicate-out) that predicate file.`,
 			if attestOut == "" {
 				attestOut = file + ".intoto.json"
 			}
-			if err := writeOut(attestOut, append(env, '\n'), 0o644); err != nil {
+			if err := writeCLIFile(attestOut, append(env, '\n'), 0o644); err != nil {
 				return ioErr(err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "attestation: %s\n", attestOut)
 			if predOut != "" {
 				pj, _ := sign.PredicateJSON(p)
-				if err := writeOut(predOut, append(pj, '\n'), 0o644); err != nil {
+				if err := writeCLIFile(predOut, append(pj, '\n'), 0o644); err != nil {
 					return ioErr(err)
 				}
 			}
