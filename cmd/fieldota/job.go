@@ -21,6 +21,7 @@ func init() { register(newJobCmd) }
 func newJobCmd() *cobra.Command {
 	var (
 		keyPath, alg, out, target, wd, pkg, mode, sigFormat string
+		chainPath                                           string
 		files, urls, presigns                               []string
 		autoStart, noAttest                                 bool
 		rel                                                 releaseFlags
@@ -81,6 +82,13 @@ Repeat --file with one --url or --presign each, in the same order.`,
 					}
 					f.Codesign = &jobdoc.Codesign{Signature: cs.Signature, SignatureAlgorithm: cs.SignatureAlgorithm,
 						RawPayloadSize: cs.RawPayloadSize, KeyID: cs.KeyID}
+					if chainPath != "" {
+						chain, err := sign.LoadCertificateChain(chainPath, key)
+						if err != nil {
+							return usageErr(err)
+						}
+						f.Codesign.CertificateChain = []byte(chain)
+					}
 				case "freertos":
 					if a != "" && a != verify.ECDSASHA256 {
 						return usageErr(errors.New("sig-sha256-ecdsa is ECDSA only"))
@@ -128,6 +136,7 @@ Repeat --file with one --url or --presign each, in the same order.`,
 	f.StringVar(&pkg, "package-name", "", "package name; with --auto-start the file to run")
 	f.BoolVar(&autoStart, "auto-start", false, "target files: run --package-name after placing the files")
 	f.StringVar(&mode, "mode", "", "target files: permission bits of the files, e.g. 0755")
+	f.StringVar(&chainPath, "certificate-chain", "", "PEM code-signing certificate of the key (leaf first) to carry in codesign")
 	f.StringVar(&sigFormat, "signature-format", "codesign", "codesign (AWS object), freertos (sig-sha256-ecdsa) or none")
 	f.BoolVar(&noAttest, "no-attestation", false, "do not attach the DSSE attestation")
 	f.StringVarP(&out, "out", "o", "-", "where to write the document (- = stdout)")

@@ -3,8 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/verify/sign"
 )
 
 // run executes the CLI in-process and returns its output and the exit status main would use.
@@ -180,5 +188,64 @@ func TestOpensslInteropThroughCLI(t *testing.T) {
 	// openssl's key signing, fieldota's key verifying: refused.
 	if _, code, err := cliRun(t, "verify", "--key", key+".pub", "--signature", sigFile, file); code != 1 || !errors.Is(err, reason.SignatureInvalid) {
 		t.Fatalf("foreign openssl signature: exit %d, %v", code, err)
+	}
+}
+
+// TestCertificateChainThroughCLI: a job signed by a key certified under a CA verifies on a
+// device that pins only the CA; a device pinning another CA refuses it.
+func TestCertificateChainThroughCLI(t *testing.T) {
+	dir := t.TempDir()
+	keyPrefix := filepath.Join(dir, "signer")
+	cliMustRun(t, "keygen", "--out", keyPrefix)
+	signer, err := sign.LoadPrivateKey(keyPrefix + ".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCA := func(name string) (*x509.Certificate, *ecdsa.PrivateKey, string) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		p := filepath.Join(dir, name+".pem")
+		_ = os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+		return c, k, p
+	}
+	ca, caKey, caFile := newCA("release-ca")
+	_, _, otherCAFile := newCA("other-ca")
+	issue := func(pub any, path string) {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "release signer"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	}
+	chain := filepath.Join(dir, "signer-chain.pem")
+	issue(signer.Public(), chain)
+	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	wrongChain := filepath.Join(dir, "stranger-chain.pem")
+	issue(stranger.Public(), wrongChain)
+
+	file := filepath.Join(dir, "rootfs.img")
+	_ = os.WriteFile(file, bytes.Repeat([]byte{0xa5}, 4096), 0o644)
+	doc := filepath.Join(dir, "job.json")
+	jobArgs := []string{"job", "--key", keyPrefix + ".key", "--file", file, "--url", "https://example.com/rootfs.img",
+		"--target", "slot", "--version", "3.0.0", "--no-attestation", "-o", doc}
+	if _, code, _ := cliRun(t, append(jobArgs, "--certificate-chain", wrongChain)...); code != 2 {
+		t.Fatalf("a chain for another key was accepted when signing (exit %d)", code)
+	}
+	cliMustRun(t, append(jobArgs, "--certificate-chain", chain)...)
+	if out := cliMustRun(t, "verify", "--ca", caFile, "--job", doc, file); !strings.HasPrefix(out, "OK ") {
+		t.Fatalf("verify: %s", out)
+	}
+	if _, code, err := cliRun(t, "verify", "--ca", otherCAFile, "--job", doc, file); code != 1 || !errors.Is(err, reason.UntrustedKey) {
+		t.Fatalf("foreign CA: exit %d, %v", code, err)
 	}
 }

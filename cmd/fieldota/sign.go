@@ -38,7 +38,7 @@ func newSignCmd() *cobra.Command {
 	var (
 		keyPath, alg                   string
 		sigOut, codesignOut, attestOut string
-		predOut                        string
+		predOut, chainPath             string
 		rel                            releaseFlags
 	)
 	cmd := &cobra.Command{
@@ -69,6 +69,11 @@ writes, and (with --predicate-out) that predicate file.`,
 			cs, err := sign.MakeCodesign(key, a, digest, size)
 			if err != nil {
 				return usageErr(err)
+			}
+			if chainPath != "" {
+				if cs.CertificateChain, err = sign.LoadCertificateChain(chainPath, key); err != nil {
+					return usageErr(err)
+				}
 			}
 			if sigOut == "" {
 				sigOut = file + ".sig"
@@ -116,6 +121,7 @@ writes, and (with --predicate-out) that predicate file.`,
 	cmd.Flags().StringVar(&sigOut, "output-signature", "", "detached signature path (default FILE.sig, - for stdout)")
 	cmd.Flags().StringVar(&codesignOut, "codesign", "", "codesign object path (default FILE.codesign.json)")
 	cmd.Flags().StringVar(&attestOut, "attestation", "", "attestation path (default FILE.intoto.json)")
+	cmd.Flags().StringVar(&chainPath, "certificate-chain", "", "PEM code-signing certificate of the key (leaf first) to carry in the codesign object")
 	cmd.Flags().StringVar(&predOut, "predicate-out", "", "also write the predicate file given to cosign attest-blob")
 	rel.add(cmd, "release version to attest (enables the attestation)")
 	_ = cmd.MarkFlagRequired("key")

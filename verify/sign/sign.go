@@ -261,3 +261,31 @@ func Envelope(key crypto.Signer, payload []byte) ([]byte, error) {
 	}
 	return dsse.WrapSigner(sv, verify.PayloadType).SignMessage(bytes.NewReader(payload))
 }
+
+// LoadCertificateChain reads a PEM chain (leaf first) for a codesign object and checks that the
+// leaf certifies key, so a mismatched certificate is caught when signing, not on the device.
+func LoadCertificateChain(path string, key crypto.Signer) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	certs, err := cryptoutils.UnmarshalCertificatesFromPEMLimited(data, 8)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if len(certs) == 0 {
+		return "", fmt.Errorf("%s: no certificate", path)
+	}
+	leafID, err := verify.KeyID(certs[0].PublicKey)
+	if err != nil {
+		return "", err
+	}
+	keyID, err := verify.KeyID(key.Public())
+	if err != nil {
+		return "", err
+	}
+	if leafID != keyID {
+		return "", fmt.Errorf("%s: the first certificate is for key %s, not the signing key %s", path, leafID, keyID)
+	}
+	return string(data), nil
+}
