@@ -12,6 +12,7 @@ var environments = []struct {
 }{
 	{"embedded-tcp", startEmbeddedTCP},
 	{"embedded-mtls", startEmbeddedMTLS},
+	{"mosquitto", startMosquitto},
 }
 
 func TestConformance(t *testing.T) {

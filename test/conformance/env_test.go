@@ -19,6 +19,7 @@ import (
 
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/test/jobsim"
+	"github.com/fieldota/fieldota/test/mosquitto"
 	"github.com/fieldota/fieldota/test/testpki"
 )
 
@@ -40,6 +41,7 @@ type env struct {
 	// dropDevice makes the broker cut the thing's connection (reconnect tests).
 	dropDevice func(t *testing.T, thing string)
 	events     *eventLog
+	broker     *mosquitto.Broker // the mosquitto environment's broker, nil otherwise
 }
 
 // eventLog records the emulator's job events.
@@ -345,4 +347,35 @@ func takeOver(t *testing.T, endpoint string, tc *tls.Config, clientID string) {
 		t.Fatalf("take-over connect as %s: %v", clientID, tok.Error())
 	}
 	c.Disconnect(50)
+}
+
+// startMosquitto runs Debian's mosquitto (TLS client certificates, an ACL confining each thing to
+// $aws/things/<CN>/#) with the emulator attached as its privileged client.
+func startMosquitto(t *testing.T) *env {
+	ca, err := testpki.NewCA("conformance-mosquitto-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mosquitto.Start(t, ca, mosquitto.Options{})
+	e := &env{name: "mosquitto", events: &eventLog{}, external: true, endpoint: b.URL(), broker: b}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sim, err := jobsim.Start(ctx, jobsim.Config{
+		External: &jobsim.ExternalBroker{URL: b.URL(), ClientID: b.Admin(), TLS: b.AdminTLS()},
+		Minute:   minute, OnEvent: e.events.add, Logger: quiet(),
+	})
+	if err != nil {
+		t.Fatalf("jobsim.Start attached to mosquitto: %v\n%s", err, b.Log())
+	}
+	t.Cleanup(func() {
+		_ = sim.Close()
+		if t.Failed() {
+			t.Logf("mosquitto log:\n%s", b.Log())
+		}
+	})
+	e.sim = sim
+	e.tlsFor = func(_ *testing.T, identity string) *tls.Config { return b.ClientTLS(identity) }
+	// jobsim cannot cut one device's connection on an external broker: take its client id over.
+	e.dropDevice = func(t *testing.T, thing string) { takeOver(t, b.URL(), b.ClientTLS(thing), thing) }
+	return e
 }

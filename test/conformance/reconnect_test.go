@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/test/jobsim"
 )
 
 // TestBrokerDropsDeviceMidJobAndTheJobGoesOn: the broker cuts the device's connection while its job
@@ -85,5 +86,44 @@ func TestBrokerDropsDeviceMidJobAndTheJobGoesOn(t *testing.T) {
 			}
 			d.expectNext(t, j2)
 		})
+	}
+}
+
+// TestMosquittoRestartMidJobAndTheJobGoesOn: the whole broker restarts (no persistence) while a
+// job is IN_PROGRESS. The device and the emulator both reconnect and subscribe again; the device's
+// report, sent while the broker was down, is delivered, and events flow again.
+func TestMosquittoRestartMidJobAndTheJobGoesOn(t *testing.T) {
+	f := &fx{env: startMosquitto(t), t: t}
+	d := f.device()
+	j := f.job([]string{d.thing})
+	d.expectNotify(t, map[jobs.Status][]string{jobs.Queued: {j}})
+	d.expectNext(t, j)
+	if _, err := d.c.StartNext(f.ctx(), jobs.StartNextInput{StatusDetails: map[string]string{"stage": "download"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	f.broker.Restart(t)
+	upd := make(chan error, 1)
+	go func() {
+		_, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StatusDetails: map[string]string{"stage": "install"}})
+		upd <- err
+	}()
+	select {
+	case <-d.connects:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the device did not reconnect after the broker restart")
+	}
+	if err := <-upd; err != nil {
+		t.Fatalf("update across the restart: %v", err)
+	}
+	j2 := f.job([]string{d.thing})
+	d.expectNotify(t, map[jobs.Status][]string{jobs.InProgress: {j}, jobs.Queued: {j2}})
+	if _, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.Succeeded, StatusDetails: map[string]string{"stage": "done"}}); err != nil {
+		t.Fatal(err)
+	}
+	d.expectNext(t, j2)
+	x, err := f.sim.DescribeJobExecution(j, d.thing, 0)
+	if err != nil || x.Status != jobsim.StatusSucceeded || x.StatusDetails.DetailsMap["stage"] != "done" {
+		t.Fatalf("control plane: %+v %v", x, err)
 	}
 }
