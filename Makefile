@@ -37,7 +37,7 @@ fuzz:
 demo: build
 	$(BIN)/fieldota demo
 
-bench: build
+bench:
 	$(GO) run ./test/bench
 
 clean:

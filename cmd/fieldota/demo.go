@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fieldota/fieldota/test/jobsim"
+)
+
+func init() { register(newDemoCmd) }
+
+func newDemoCmd() *cobra.Command {
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the whole story locally: emulator, signed package, job, agent, report",
+		Long: `demo starts 'fieldota sim', makes a signing key, signs a sample package, creates a job,
+runs fieldota-agent (found next to this binary) with a temporary state directory, and prints the
+job's timeline as the emulator sees it; then it shows a tampered artifact being refused.
+Nothing leaves this machine; every process it starts is stopped before it returns.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			return runDemo(ctx, cmd.OutOrStdout(), keep)
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory (keys, documents, state) for inspection")
+	return cmd
+}
+
+// demo holds what the walkthrough needs between its steps.
+type demo struct {
+	out     io.Writer
+	start   time.Time
+	dir     string
+	self    string // this executable
+	agent   string // fieldota-agent
+	api     *jobsim.Client
+	procs   []*exec.Cmd
+	thing   string
+	bucket  string
+	appRoot string
+	mqtt    string
+}
+
+func (d *demo) say(who, format string, args ...any) {
+	fmt.Fprintf(d.out, "[%5.1fs] %-9s %s\n", time.Since(d.start).Seconds(), who, fmt.Sprintf(format, args...))
+}
+
+func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	d := &demo{out: out, start: time.Now(), self: self, agent: filepath.Join(filepath.Dir(self), "fieldota-agent"), thing: "demo-device"}
+	if _, err := os.Stat(d.agent); err != nil {
+		return fmt.Errorf("fieldota-agent not found next to %s (run 'make demo', which builds both): %w", self, err)
+	}
+	if d.dir, err = os.MkdirTemp("", "fieldota-demo-"); err != nil {
+		return err
+	}
+	defer func() {
+		d.stopAll()
+		if keep {
+			d.say("demo", "kept %s", d.dir)
+		} else {
+			_ = os.RemoveAll(d.dir)
+		}
+	}()
+	fmt.Fprintln(out, "fieldota demo: the AWS IoT Jobs emulator, a signed package and the agent, all on this machine.")
+
+	if err := d.startSim(ctx); err != nil {
+		return err
+	}
+	key, pub, err := d.keygen(ctx)
+	if err != nil {
+		return err
+	}
+	good := []byte("#!/usr/bin/env python3\nimport os, platform\nprint('hello from install.py v1.0 on', platform.node(), 'in', os.getcwd())\n")
+	doc, err := d.signedJob(ctx, key, "install.py", good, "1.0")
+	if err != nil {
+		return err
+	}
+	if err := d.startAgent(pub); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(out, "\nChapter 1 — a signed package, placed and started:")
+	if err := d.createJob(ctx, "demo-install", doc); err != nil {
+		return err
+	}
+	if err := d.follow(ctx, "demo-install", "SUCCEEDED"); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(out, "\nChapter 2 — the same release, but the bytes in the bucket were tampered with:")
+	evil := []byte(strings.Replace(string(good), "hello", "pwned", 1))
+	doc2, err := d.signedJob(ctx, key, "install.py", good, "1.1") // signed for the good bytes…
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.bucket, "install.py"), evil, 0o644); err != nil { // …but the bucket holds others
+		return err
+	}
+	d.say("attacker", "replaced bucket/install.py with different bytes of the same size")
+	if err := d.createJob(ctx, "demo-tampered", doc2); err != nil {
+		return err
+	}
+	if err := d.follow(ctx, "demo-tampered", "FAILED"); err != nil {
+		return err
+	}
+	placed, _ := os.ReadFile(filepath.Join(d.appRoot, "demo", "install.py"))
+	if strings.Contains(string(placed), "pwned") {
+		return errors.New("the tampered package was placed: the demo found a bug")
+	}
+	d.say("device", "%s still holds the v1.0 package; nothing from the tampered job was placed", filepath.Join(d.appRoot, "demo"))
+	fmt.Fprintln(out, "\nDone: every process is stopped.")
+	return nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func (d *demo) startSim(ctx context.Context) error {
+	mqttAddr, err1 := freeAddr()
+	httpAddr, err2 := freeAddr()
+	s3Addr, err3 := freeAddr()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return err
+	}
+	artifacts := filepath.Join(d.dir, "artifacts")
+	d.bucket = filepath.Join(artifacts, "fieldota-demo")
+	if err := os.MkdirAll(d.bucket, 0o755); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(d.dir, "sim.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(d.self, "sim", "--mqtt", mqttAddr, "--http", httpAddr, "--s3", s3Addr, "--artifacts", artifacts)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	d.procs = append(d.procs, cmd)
+	d.api = &jobsim.Client{BaseURL: "http://" + httpAddr}
+	for ctx.Err() == nil {
+		if resp, err := http.Get(d.api.BaseURL + "/jobs/none"); err == nil {
+			resp.Body.Close()
+			d.say("emulator", "fieldota sim: MQTT tcp://%s, control API http://%s, S3 http://%s", mqttAddr, httpAddr, s3Addr)
+			d.mqtt = "tcp://" + mqttAddr
+			return nil
+		}
+		if err := pause(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("the emulator did not start (see %s)", log.Name())
+}
+
+// pause waits d or until ctx ends.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// cli runs this binary with args, as an operator would, and shows the command.
+func (d *demo) cli(ctx context.Context, args ...string) error {
+	d.say("operator", "fieldota %s", strings.Join(shorten(d.dir, args), " "))
+	cmd := exec.CommandContext(ctx, d.self, args...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("fieldota %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func shorten(dir string, args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = strings.ReplaceAll(a, dir+"/", "")
+	}
+	return out
+}
+
+func (d *demo) keygen(ctx context.Context) (key, pub string, err error) {
+	prefix := filepath.Join(d.dir, "release")
+	if err := d.cli(ctx, "keygen", "--out", prefix); err != nil {
+		return "", "", err
+	}
+	return prefix + ".key", prefix + ".pub", nil
+}
+
+func (d *demo) signedJob(ctx context.Context, key, name string, content []byte, version string) (string, error) {
+	pkgDir := filepath.Join(d.dir, "release-"+version)
+	if err := os.MkdirAll(pkgDir, 0o755); err != nil {
+		return "", err
+	}
+	pkg := filepath.Join(pkgDir, name)
+	if err := os.WriteFile(pkg, content, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(d.bucket, name), content, 0o644); err != nil {
+		return "", err
+	}
+	doc := filepath.Join(pkgDir, "job.json")
+	err := d.cli(ctx, "job", "--key", key, "--file", pkg,
+		"--presign", "https://s3.eu-west-1.amazonaws.com/fieldota-demo/"+name,
+		"--version", version, "--compatible", "demo-board",
+		"--working-directory", filepath.Join(d.appRoot, "demo"), "--package-name", name, "--auto-start",
+		"--out", doc)
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(doc)
+	return string(b), err
+}
+
+func (d *demo) startAgent(pub string) error {
+	d.appRoot = filepath.Join(d.dir, "device", "app")
+	state := filepath.Join(d.dir, "device", "state")
+	if err := os.MkdirAll(d.appRoot, 0o755); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`thing_name = %q
+state_dir = %q
+compatible = ["demo-board"]
+[mqtt]
+endpoint = %q
+[jobs]
+progress_every_percent = 25
+progress_min_interval = "1ms"
+[verify]
+keys = [%q]
+[download]
+allow_insecure_http = true   # the emulator's S3 is plain http on loopback
+[files]
+allowed_roots = [%q]
+`, d.thing, state, d.mqtt, pub, d.appRoot)
+	cfgPath := filepath.Join(d.dir, "device", "agent.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(d.dir, "agent.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(d.agent, "run", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	d.procs = append(d.procs, cmd)
+	d.say("device", "fieldota-agent run (thing %s, state dir device/state, app root device/app)", d.thing)
+	return nil
+}
+
+func (d *demo) createJob(ctx context.Context, id, doc string) error {
+	_, err := d.api.CreateJob(ctx, jobsim.CreateJobInput{JobID: id, Targets: []string{d.thing}, Document: doc})
+	if err != nil {
+		return err
+	}
+	d.say("operator", "create-job %s → %s (document %d bytes, presigned URL placeholder)", id, d.thing, len(doc))
+	return nil
+}
+
+// follow prints the execution's changes as the emulator sees them until it is terminal.
+func (d *demo) follow(ctx context.Context, id, want string) error {
+	last := ""
+	for {
+		ex, err := d.api.DescribeJobExecution(ctx, id, d.thing, 0)
+		if err != nil {
+			return err
+		}
+		det := ex.StatusDetails.DetailsMap
+		line := ex.Status
+		if s := det["stage"]; s != "" {
+			line += " stage=" + s
+		}
+		if p := det["progress"]; p != "" && det["stage"] == "download" {
+			line += " progress=" + p + "%"
+		}
+		if r := det["reason"]; r != "" {
+			line += " reason=" + r
+		}
+		if line != last {
+			d.say("job", "%s  %s", id, line)
+			last = line
+		}
+		switch ex.Status {
+		case "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED":
+			if o := det["output"]; o != "" {
+				d.say("device", "output: %s", strings.TrimSpace(o))
+			}
+			if r := det["detail"]; r != "" {
+				d.say("device", "detail: %s", r)
+			}
+			b, _ := json.MarshalIndent(ex, "          ", "  ")
+			fmt.Fprintf(d.out, "          execution as the emulator sees it:\n          %s\n", b)
+			if ex.Status != want {
+				return fmt.Errorf("job %s ended %s, expected %s", id, ex.Status, want)
+			}
+			return nil
+		}
+		if err := pause(ctx, 50*time.Millisecond); err != nil {
+			return fmt.Errorf("job %s did not finish: %w", id, err)
+		}
+	}
+}
+
+// stopAll stops every process the demo started: SIGTERM, then SIGKILL after a grace period.
+func (d *demo) stopAll() {
+	for i := len(d.procs) - 1; i >= 0; i-- {
+		p := d.procs[i]
+		_ = p.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+	d.procs = nil
+}
