@@ -43,5 +43,8 @@ func FuzzParseVersion(f *testing.F) {
 		if errA == nil && errB == nil && va.Compare(vb) != -vb.Compare(va) {
 			t.Fatalf("Compare not antisymmetric for %q, %q", a, b)
 		}
+		if errA == nil && va.Compare(va) != 0 {
+			t.Fatalf("%q does not equal itself", a)
+		}
 	})
 }

@@ -121,15 +121,15 @@ func compareIdent(a, b string) int {
 	an, bn := isNumeric(a), isNumeric(b)
 	switch {
 	case an && bn:
-		x, _ := strconv.ParseUint(a, 10, 64)
-		y, _ := strconv.ParseUint(b, 10, 64)
-		switch {
-		case x < y:
-			return -1
-		case x > y:
+		// No leading zeros (checked when parsing), so the longer number is the larger one;
+		// this holds past uint64, which pre-release identifiers may exceed.
+		if len(a) != len(b) {
+			if len(a) < len(b) {
+				return -1
+			}
 			return 1
 		}
-		return 0
+		return strings.Compare(a, b)
 	case an:
 		return -1 // numeric identifiers rank below alphanumeric ones
 	case bn:

@@ -9,7 +9,7 @@ import (
 func TestVersionPrecedence(t *testing.T) {
 	// Ascending, per semver §11 (with "1.0" meaning 1.0.0 and a leading "v" allowed).
 	order := []string{"0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta",
-		"1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0", "1.0.1", "v1.1", "1.10.0", "2"}
+		"1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-beta.99999999999999999999", "1.0.0-beta.100000000000000000000", "1.0.0-rc.1", "1.0", "1.0.1", "v1.1", "1.10.0", "2"}
 	for i := range order {
 		for j := range order {
 			a, err := verify.ParseVersion(order[i])
