@@ -6,9 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"strings"
 
 	"github.com/fieldota/fieldota/ota/reason"
@@ -106,10 +106,10 @@ func ParseEnvelope(data []byte) (*Envelope, error) {
 
 // decodeB64 accepts standard and URL base64, as the DSSE specification allows.
 func decodeB64(s string) ([]byte, error) {
-	if b, err := b64std(s); err == nil {
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
 		return b, nil
 	}
-	return b64url(s)
+	return base64.URLEncoding.DecodeString(s)
 }
 
 // ParseStatement reads a Statement and checks its types and predicate strictly. It is only
@@ -208,19 +208,4 @@ func verifyEnvelope(envJSON []byte, keys []candidate) ([]byte, string, error) {
 type candidate struct {
 	id  string
 	pub crypto.PublicKey
-}
-
-func b64std(s string) ([]byte, error) { return b64(s, false) }
-func b64url(s string) ([]byte, error) { return b64(s, true) }
-
-func b64(s string, url bool) ([]byte, error) {
-	enc := stdEnc
-	if url {
-		enc = urlEnc
-	}
-	b, err := enc.DecodeString(s)
-	if err != nil {
-		return nil, fmt.Errorf("base64: %w", err)
-	}
-	return b, nil
 }

@@ -133,8 +133,3 @@ func verifyDigest(pub crypto.PublicKey, alg Algorithm, digest, sig []byte) error
 	}
 	return v.VerifySignature(bytes.NewReader(sig), nil, options.WithDigest(digest), options.WithCryptoSignerOpts(crypto.SHA256))
 }
-
-var (
-	stdEnc = base64.StdEncoding
-	urlEnc = base64.URLEncoding
-)
