@@ -15,6 +15,8 @@ func (s *Sim) CreateJob(in CreateJobInput) (CreateJobOutput, error) {
 	if _, err := s.presigner.ExpandPlaceholders(in.Document, 0); err != nil {
 		return CreateJobOutput{}, invalid("document: bad presigned URL placeholder: %v", err)
 	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	out, eff, aerr := s.model.createJob(in)
 	if aerr != nil {
 		return out, aerr
@@ -61,6 +63,8 @@ func (s *Sim) ListJobExecutionsForJob(jobID string) ([]JobExecutionSummaryForJob
 
 // CancelJob cancels the job: QUEUED executions become CANCELED; IN_PROGRESS ones too with Force.
 func (s *Sim) CancelJob(jobID string, in CancelJobInput) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	eff, aerr := s.model.cancelJob(jobID, in)
 	if aerr != nil {
 		return aerr
@@ -71,6 +75,8 @@ func (s *Sim) CancelJob(jobID string, in CancelJobInput) error {
 
 // DeleteJob deletes the job and its executions (IN_PROGRESS ones only with force).
 func (s *Sim) DeleteJob(jobID string, force bool) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	eff, aerr := s.model.deleteJob(jobID, force)
 	if aerr != nil {
 		return aerr

@@ -71,7 +71,15 @@ type Sim struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	eventMu sync.Mutex
+	// opMu makes each operation and the publishing of its consequences one step, so that a
+	// device never sees notifications out of the order the model produced them.
+	opMu sync.Mutex
+
+	// Events go to OnEvent from one goroutine, in order, outside opMu (so OnEvent may call the Sim).
+	evMu     sync.Mutex
+	evQueue  []Event
+	evSignal chan struct{}
+	evDone   chan struct{}
 
 	faultMu sync.Mutex
 	faults  map[string]*fault
@@ -91,7 +99,8 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	if cfg.Minute <= 0 {
 		cfg.Minute = time.Minute
 	}
-	s := &Sim{cfg: cfg, log: cfg.Logger, now: cfg.Now, wake: make(chan struct{}, 1), faults: map[string]*fault{}}
+	s := &Sim{cfg: cfg, log: cfg.Logger, now: cfg.Now, wake: make(chan struct{}, 1), faults: map[string]*fault{},
+		evSignal: make(chan struct{}, 1), evDone: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -108,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	go s.dispatchEvents(runCtx)
 	fail := func(err error) (*Sim, error) {
 		s.Close()
 		return nil, err
@@ -173,6 +183,7 @@ func (s *Sim) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
+		<-s.evDone
 		var errs []error
 		for _, srv := range s.servers {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -243,11 +254,16 @@ func (s *Sim) injected(thing string) (string, int) {
 
 // onRequest is called by a front end for every publish under $aws/things/+/jobs/.
 func (s *Sim) onRequest(topic string, payload []byte) {
+	if _, rest, ok := splitJobsTopic(topic); !ok || isServiceTopic(rest) {
+		return // our own answers and notifications, seen by the request subscription
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	out, events := s.handle(topic, payload)
 	s.deliver(out, events)
 }
 
-// apply publishes the effects of a control-plane or timer operation.
+// apply publishes the effects of a control-plane or timer operation; the caller holds opMu.
 func (s *Sim) apply(eff effects) {
 	var out []outMsg
 	var events []Event
@@ -267,12 +283,41 @@ func (s *Sim) deliver(out []outMsg, events []Event) {
 	if len(events) == 0 {
 		return
 	}
-	s.eventMu.Lock()
-	defer s.eventMu.Unlock()
-	for _, ev := range events {
-		s.log.Debug("job event", "event", ev.String())
-		if s.cfg.OnEvent != nil {
-			s.cfg.OnEvent(ev)
+	s.evMu.Lock()
+	s.evQueue = append(s.evQueue, events...)
+	s.evMu.Unlock()
+	select {
+	case s.evSignal <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchEvents hands events to the log and OnEvent in order; on Close it drains the queue.
+func (s *Sim) dispatchEvents(ctx context.Context) {
+	defer close(s.evDone)
+	for {
+		s.evMu.Lock()
+		batch := s.evQueue
+		s.evQueue = nil
+		s.evMu.Unlock()
+		for _, ev := range batch {
+			s.log.Debug("job event", "event", ev.String())
+			if s.cfg.OnEvent != nil {
+				s.cfg.OnEvent(ev)
+			}
+		}
+		if len(batch) > 0 {
+			continue
+		}
+		select {
+		case <-s.evSignal:
+		case <-ctx.Done():
+			s.evMu.Lock()
+			left := len(s.evQueue)
+			s.evMu.Unlock()
+			if left == 0 {
+				return
+			}
 		}
 	}
 }
@@ -301,7 +346,9 @@ func (s *Sim) timers(ctx context.Context) {
 			return
 		case <-s.wake:
 		case <-t.C:
+			s.opMu.Lock()
 			s.apply(s.model.tick())
+			s.opMu.Unlock()
 		}
 	}
 }

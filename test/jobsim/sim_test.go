@@ -503,3 +503,32 @@ func TestControlAPIOverHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestOnEventMayCallTheSim: events are delivered outside the service lock, in order, so a handler
+// that asks the control plane does not deadlock the emulator.
+func TestOnEventMayCallTheSim(t *testing.T) {
+	var s *Sim
+	ready := make(chan struct{})
+	seen := make(chan string, 64)
+	s = startSim(t, Config{OnEvent: func(e Event) {
+		<-ready
+		if e.Kind == EventStatus {
+			x, err := s.DescribeJobExecution(e.JobID, e.Thing, e.ExecutionNumber)
+			if err == nil {
+				seen <- x.Status
+			}
+		}
+	}})
+	close(ready)
+	d := connectDevice(t, s.MQTTURL(), "dev1", devOpts{subscribe: true})
+	mustCreate(t, s, CreateJobInput{JobID: "j", Targets: []string{"dev1"}})
+	d.accepted("start-next", map[string]any{})
+	d.accepted("j/update", map[string]any{"status": "SUCCEEDED"})
+	for range 3 {
+		select {
+		case <-seen:
+		case <-time.After(waitReply):
+			t.Fatal("OnEvent handler calling the Sim stalled")
+		}
+	}
+}
