@@ -251,7 +251,10 @@ func (w *watch) done(eff *effects) {
 		before, after := w.before[t], w.m.view(t)
 		if !sameSet(before.keys, after.keys) {
 			n := notice{thing: t}
-			for _, e := range w.m.pending(t) {
+			for i, e := range w.m.pending(t) {
+				if i == maxListed {
+					break
+				}
 				n.pending = append(n.pending, snap(e))
 			}
 			eff.notices = append(eff.notices, n)
@@ -300,11 +303,18 @@ func (m *model) event(eff *effects, kind string, e *execution, detail string) {
 
 // --- device plane ---
 
-// getPending is GetPendingJobExecutions.
+// maxListed is how many pending executions AWS lists in GetPendingJobExecutions and notify.
+const maxListed = 10
+
+// getPending is GetPendingJobExecutions: at most ten, IN_PROGRESS first.
 func (m *model) getPending(thing string) (inProgress, queued []execSnap) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, e := range m.pending(thing) {
+	l := m.pending(thing)
+	if len(l) > maxListed {
+		l = l[:maxListed]
+	}
+	for _, e := range l {
 		if e.status == StatusInProgress {
 			inProgress = append(inProgress, snap(e))
 		} else {

@@ -386,3 +386,18 @@ func TestStatusDetailsRules(t *testing.T) {
 		}
 	}
 }
+
+func TestModelListsAtMostTenPending(t *testing.T) {
+	f := newFixture(t)
+	var eff effects
+	for i := range 12 {
+		eff = f.create(CreateJobInput{JobID: "j" + itoa(int64(i)), Targets: []string{"d"}})
+	}
+	ip, q := f.m.getPending("d")
+	if len(ip)+len(q) != 10 || q[0].JobID != "j0" {
+		t.Fatalf("get lists %d+%d", len(ip), len(q))
+	}
+	if len(eff.notices) != 1 || len(eff.notices[0].pending) != 10 {
+		t.Fatalf("notify lists %+v", eff.notices)
+	}
+}

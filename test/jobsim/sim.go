@@ -322,6 +322,14 @@ func (s *Sim) dispatchEvents(ctx context.Context) {
 	}
 }
 
+// FireTimers times out every execution whose timer has expired by Config.Now. Timers fire by
+// themselves on the real clock; a test that moves an injected clock calls this after moving it.
+func (s *Sim) FireTimers() {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.apply(s.model.tick())
+}
+
 // kick tells the timer loop that a deadline may have changed.
 func (s *Sim) kick() {
 	select {

@@ -532,3 +532,27 @@ func TestOnEventMayCallTheSim(t *testing.T) {
 		}
 	}
 }
+
+// TestFireTimersWithAnInjectedClock: with Config.Now a test moves time itself and fires timers.
+func TestFireTimersWithAnInjectedClock(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(1_800_000_000)
+	s := startSim(t, Config{Now: func() time.Time { return time.Unix(clock.Load(), 0) }, Minute: time.Minute})
+	d := connectDevice(t, s.MQTTURL(), "dev1", devOpts{subscribe: true})
+	mustCreate(t, s, CreateJobInput{JobID: "j", Targets: []string{"dev1"}})
+	d.expect(d.jobs("notify-next"))
+	d.accepted("start-next", map[string]any{"stepTimeoutInMinutes": 10})
+	clock.Add(599)
+	s.FireTimers()
+	if e, _ := s.DescribeJobExecution("j", "dev1", 0); e.Status != StatusInProgress || e.ApproximateSecondsBeforeTimedOut != 1 {
+		t.Fatalf("one second before the step timer: %+v", e)
+	}
+	clock.Add(1)
+	s.FireTimers()
+	if nn := d.expect(d.jobs("notify-next")); nn.body["execution"] != nil {
+		t.Fatalf("notify-next: %s", nn.raw)
+	}
+	if e, _ := s.DescribeJobExecution("j", "dev1", 0); e.Status != StatusTimedOut {
+		t.Fatalf("at the step timer: %+v", e)
+	}
+}
