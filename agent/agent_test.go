@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -263,8 +264,7 @@ func TestTamperedArtifactFailsAndNothingIsPlaced(t *testing.T) {
 	h.createJob("tampered", doc)
 	h.run()
 	ex := h.waitTerminal("tampered")
-	r := ex.StatusDetails.DetailsMap["reason"]
-	if ex.Status != "FAILED" || (r != "SIGNATURE_INVALID" && r != "DIGEST_MISMATCH") {
+	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "SIGNATURE_INVALID" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
 	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
@@ -367,7 +367,11 @@ func TestPresignedURLExpiringMidDownloadIsRefreshedAndCompletes(t *testing.T) {
 	h.sim.Artifacts().SetFaults("bucket/big.bin", s3.Faults{RateBytesPerSec: 128 << 10, CutAtOffsets: []int64{128 << 10}})
 	h.createJob("expiring", h.seedDoc("big.bin", big, "4.0", work))
 	h.run()
-	h.waitFor("the first bytes", func() bool { return h.sim.Artifacts().Stats("bucket/big.bin").BytesSent > 32<<10 })
+	h.waitFor("the first progress report", func() bool {
+		ex, err := h.sim.DescribeJobExecution("expiring", thing, 0)
+		p := ex.StatusDetails.DetailsMap["progress"]
+		return err == nil && p != "" && p != "0"
+	})
 	clk.Advance(2 * time.Hour) // every URL minted so far is now past its 3600 s
 	ex := h.waitTerminal("expiring")
 	if ex.Status != "SUCCEEDED" {
@@ -402,4 +406,94 @@ func TestProgressIsReportedInStepsNotPerChunk(t *testing.T) {
 	if n < 3 || n > 14 {
 		t.Fatalf("%d in-progress updates: %v", n, h.progressReports("progress"))
 	}
+}
+
+func TestBadSignatureFailsAfterDownloadAndNothingIsPlaced(t *testing.T) {
+	h := newHarness(t)
+	script := []byte("#!/bin/sh\necho good\n")
+	work := filepath.Join(h.appRoot, "w")
+	h.publish("run.sh", script)
+	// Signed over other bytes: the document is well formed, the signature is not the owner's.
+	doc := h.seedDoc("run.sh", script, "2.0", work)
+	other := h.seedDoc("run.sh", []byte("#!/bin/sh\necho other\n"), "2.0", work)
+	var d, o map[string]any
+	_ = json.Unmarshal([]byte(doc), &d)
+	_ = json.Unmarshal([]byte(other), &o)
+	d["files"].(map[string]any)["codesign"] = o["files"].(map[string]any)["codesign"]
+	d["files"].(map[string]any)["codesign"].(map[string]any)["rawPayloadSize"] = len(script)
+	b, _ := json.Marshal(d)
+	h.createJob("badsig", string(b))
+	h.run()
+	ex := h.waitTerminal("badsig")
+	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "SIGNATURE_INVALID" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("file with a bad signature was placed")
+	}
+}
+
+func TestDocumentsThatCanNeverSucceedAreRejectedWhileQueued(t *testing.T) {
+	h := newHarness(t)
+	script := []byte("#!/bin/sh\necho x\n")
+	h.publish("run.sh", script)
+	work := filepath.Join(h.appRoot, "w")
+	unsigned := regexpCodesign.ReplaceAllString(h.seedDoc("run.sh", script, "1.0", work), "")
+	foreign := strings.Replace(h.seedDoc("run.sh", script, "1.0", work), `"compatible": ["board-rev-c"]`, `"compatible": ["board-rev-a"]`, 1)
+	outside := h.seedDoc("run.sh", script, "1.0", "/etc/fieldota-test")
+	cases := map[string]struct{ doc, reason string }{
+		"unsigned":           {unsigned, "UNSIGNED"},
+		"incompatible":       {foreign, "INCOMPATIBLE_DEVICE"},
+		"outside the roots":  {outside, "INVALID_DOCUMENT"},
+		"unsupported target": {slotDoc(h.seedDoc("run.sh", script, "1.0", work)), "UNSUPPORTED_OPERATION"},
+	}
+	for name, c := range cases {
+		h.createJob(strings.ReplaceAll(name, " ", "-"), c.doc)
+	}
+	h.run()
+	for name, c := range cases {
+		id := strings.ReplaceAll(name, " ", "-")
+		ex := h.waitTerminal(id)
+		if ex.Status != "REJECTED" || ex.StatusDetails.DetailsMap["reason"] != c.reason {
+			t.Errorf("%s: %s %v, want REJECTED %s", name, ex.Status, ex.StatusDetails.DetailsMap, c.reason)
+		}
+		for _, s := range h.statuses(id) {
+			if s == "IN_PROGRESS" {
+				t.Errorf("%s went IN_PROGRESS", name)
+			}
+		}
+	}
+}
+
+func TestSymlinkInsideAllowedRootCannotLeadOutside(t *testing.T) {
+	h := newHarness(t)
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(h.appRoot, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	script := []byte("#!/bin/sh\necho x\n")
+	h.publish("run.sh", script)
+	h.createJob("escape", h.seedDoc("run.sh", script, "1.0", filepath.Join(h.appRoot, "escape", "deeper")))
+	h.run()
+	ex := h.waitTerminal("escape")
+	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "INVALID_DOCUMENT" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("wrote outside the allowed root: %v", ents)
+	}
+}
+
+var regexpCodesign = regexp.MustCompile(`,\s*"codesign": \{[^}]*\}`)
+
+// slotDoc turns a files document into a slot one (no working directory, nothing to start).
+func slotDoc(doc string) string {
+	var d map[string]any
+	_ = json.Unmarshal([]byte(doc), &d)
+	d["target"] = "slot"
+	delete(d, "workingDirectory")
+	delete(d, "autoStart")
+	delete(d, "packageName")
+	b, _ := json.Marshal(d)
+	return string(b)
 }

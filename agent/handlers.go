@@ -161,10 +161,11 @@ func (a *Agent) fetch(ctx context.Context, j *ota.Journal, i int, f jobdoc.File,
 	if err := a.checkURL(f.URL); err != nil {
 		return download.Result{}, err
 	}
+	// The expected digest is not handed to the downloader: Verify checks the signature first,
+	// so that bytes which are not what the owner signed are reported as SIGNATURE_INVALID.
 	return download.Download(ctx, download.Request{
 		URL:            f.URL,
 		Size:           f.Size,
-		SHA256:         f.SHA256,
 		Sink:           sink,
 		CheckpointPath: st.Checkpoint,
 		Refresh: func(ctx context.Context) (string, error) {
@@ -294,6 +295,9 @@ func (a *Agent) install(ctx context.Context, j *ota.Journal) (ota.Event, error) 
 	}
 	spec, err := parseJob(j.Document, a.cfg)
 	if err != nil {
+		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
+	}
+	if err := confined(spec.WorkingDirectory, a.cfg.Files.AllowedRoots); err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
 	}
 	plan := files.Plan{Dir: spec.WorkingDirectory, Timeout: a.cfg.Files.AutoStartTimeout.Duration}

@@ -51,8 +51,10 @@ func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
 	return a.runJournal(ctx, j, false)
 }
 
-// preflight applies everything that can be decided before a byte is downloaded: a supported
-// target, and the signature and policy checks over what the document states.
+// preflight applies everything that can be decided before a byte is downloaded and that no
+// download can change: a supported target, an allowed URL scheme, a signature present at all,
+// and the policy over the document's plain claims. Signatures themselves are checked over the
+// downloaded bytes (a bad one ends the job FAILED SIGNATURE_INVALID).
 func (a *Agent) preflight(spec *jobdoc.Document, j *ota.Journal) error {
 	if spec.Target != jobdoc.TargetFiles {
 		return reason.Errorf(reason.UnsupportedOperation, "target %q is not supported by this agent build", spec.Target)
@@ -66,7 +68,7 @@ func (a *Agent) preflight(spec *jobdoc.Document, j *ota.Journal) error {
 		if err := a.checkURL(f.URL); err != nil {
 			return err
 		}
-		if _, err := a.verifier().Preflight(spec.VerifyInput(i), pol); err != nil {
+		if err := a.verifier().Precheck(spec.VerifyInput(i), pol); err != nil {
 			return err
 		}
 	}

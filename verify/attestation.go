@@ -74,27 +74,27 @@ type Predicate struct {
 // attestation is signature material.
 func ParseEnvelope(data []byte) (*Envelope, error) {
 	if len(data) == 0 {
-		return nil, fail(reason.SignatureInvalid, "empty attestation")
+		return nil, reason.Errorf(reason.SignatureInvalid, "empty attestation")
 	}
 	if len(data) > MaxEnvelopeSize {
-		return nil, fail(reason.SignatureInvalid, "attestation larger than %d bytes", MaxEnvelopeSize)
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation larger than %d bytes", MaxEnvelopeSize)
 	}
 	var env Envelope
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&env); err != nil {
-		return nil, fail(reason.SignatureInvalid, "attestation is not a DSSE envelope: %w", err)
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation is not a DSSE envelope: %w", err)
 	}
 	if dec.More() {
-		return nil, fail(reason.SignatureInvalid, "attestation has data after the envelope")
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation has data after the envelope")
 	}
 	if env.PayloadType != PayloadType {
-		return nil, fail(reason.SignatureInvalid, "attestation payloadType %q, want %q", clip(env.PayloadType), PayloadType)
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation payloadType %q, want %q", clip(env.PayloadType), PayloadType)
 	}
 	if _, err := decodeB64(env.Payload); err != nil || env.Payload == "" {
-		return nil, fail(reason.SignatureInvalid, "attestation payload is not base64")
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation payload is not base64")
 	}
 	if len(env.Signatures) == 0 || len(env.Signatures) > maxEnvelopeSignatures {
-		return nil, fail(reason.SignatureInvalid, "attestation carries %d signatures (want 1 to %d)", len(env.Signatures), maxEnvelopeSignatures)
+		return nil, reason.Errorf(reason.SignatureInvalid, "attestation carries %d signatures (want 1 to %d)", len(env.Signatures), maxEnvelopeSignatures)
 	}
 	for _, s := range env.Signatures {
 		if _, err := ParseSignature(s.Sig); err != nil {
@@ -122,29 +122,29 @@ func ParseStatement(payload []byte) (*Statement, error) {
 		Predicate     json.RawMessage `json:"predicate"`
 	}
 	if err := json.Unmarshal(payload, &raw); err != nil {
-		return nil, fail(reason.InvalidDocument, "attestation statement: %w", err)
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation statement: %w", err)
 	}
 	if raw.Type != StatementV01 && raw.Type != StatementV1 {
-		return nil, fail(reason.InvalidDocument, "attestation statement type %q is not an in-toto Statement v0.1 or v1", clip(raw.Type))
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation statement type %q is not an in-toto Statement v0.1 or v1", clip(raw.Type))
 	}
 	if raw.PredicateType != PredicateType {
-		return nil, fail(reason.InvalidDocument, "attestation predicateType %q, want %q", clip(raw.PredicateType), PredicateType)
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation predicateType %q, want %q", clip(raw.PredicateType), PredicateType)
 	}
 	if len(raw.Subject) == 0 {
-		return nil, fail(reason.InvalidDocument, "attestation has no subject")
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation has no subject")
 	}
 	st := &Statement{Type: raw.Type, PredicateType: raw.PredicateType, Subject: raw.Subject}
 	dec := json.NewDecoder(bytes.NewReader(raw.Predicate))
 	dec.DisallowUnknownFields() // the predicate is ours: an unknown key is a signing-side mistake
 	if err := dec.Decode(&st.Predicate); err != nil {
-		return nil, fail(reason.InvalidDocument, "attestation predicate: %w", err)
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation predicate: %w", err)
 	}
 	if _, err := ParseVersion(st.Predicate.Version); err != nil {
-		return nil, fail(reason.InvalidDocument, "attestation predicate: %w", err)
+		return nil, reason.Errorf(reason.InvalidDocument, "attestation predicate: %w", err)
 	}
 	for _, c := range st.Predicate.Compatible {
 		if c == "" {
-			return nil, fail(reason.InvalidDocument, "attestation predicate: empty compatible name")
+			return nil, reason.Errorf(reason.InvalidDocument, "attestation predicate: empty compatible name")
 		}
 	}
 	return st, nil
@@ -201,7 +201,7 @@ func verifyEnvelope(envJSON []byte, keys []candidate) ([]byte, string, error) {
 			}
 		}
 	}
-	return nil, "", fail(reason.SignatureInvalid, "attestation verifies under none of the %d trusted keys", len(keys))
+	return nil, "", reason.Errorf(reason.SignatureInvalid, "attestation verifies under none of the %d trusted keys", len(keys))
 }
 
 // candidate is a key a signature may be checked against.

@@ -46,7 +46,7 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 			return a, nil
 		}
 	}
-	return "", fail(reason.SignatureInvalid, "signature algorithm %q not supported (want one of %v)", clip(s), Algorithms)
+	return "", reason.Errorf(reason.SignatureInvalid, "signature algorithm %q not supported (want one of %v)", clip(s), Algorithms)
 }
 
 // AlgorithmFor is the default algorithm for a key.
@@ -87,17 +87,17 @@ const (
 func ParseSignature(s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return nil, fail(reason.SignatureInvalid, "empty signature")
+		return nil, reason.Errorf(reason.SignatureInvalid, "empty signature")
 	}
 	if len(s) > maxSignatureBase64 {
-		return nil, fail(reason.SignatureInvalid, "signature longer than %d base64 characters", maxSignatureBase64)
+		return nil, reason.Errorf(reason.SignatureInvalid, "signature longer than %d base64 characters", maxSignatureBase64)
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(s)
 	if err != nil {
-		return nil, fail(reason.SignatureInvalid, "signature is not valid base64: %w", err)
+		return nil, reason.Errorf(reason.SignatureInvalid, "signature is not valid base64: %w", err)
 	}
 	if len(sig) == 0 || len(sig) > maxSignatureBytes {
-		return nil, fail(reason.SignatureInvalid, "signature of %d bytes", len(sig))
+		return nil, reason.Errorf(reason.SignatureInvalid, "signature of %d bytes", len(sig))
 	}
 	return sig, nil
 }

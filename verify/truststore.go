@@ -184,7 +184,7 @@ const maxChain = 8
 // device may trust, whatever the signature says.
 func (ts *TrustStore) leafFromChain(chainPEM []byte, now time.Time) (crypto.PublicKey, string, error) {
 	if ts.roots == nil {
-		return nil, "", fail(reason.UntrustedKey, "the document carries a signing certificate but no CA is configured")
+		return nil, "", reason.Errorf(reason.UntrustedKey, "the document carries a signing certificate but no CA is configured")
 	}
 	var certs []*x509.Certificate
 	rest := chainPEM
@@ -195,27 +195,27 @@ func (ts *TrustStore) leafFromChain(chainPEM []byte, now time.Time) (crypto.Publ
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			return nil, "", fail(reason.UntrustedKey, "certificate chain holds a %q block", clip(b.Type))
+			return nil, "", reason.Errorf(reason.UntrustedKey, "certificate chain holds a %q block", clip(b.Type))
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, "", fail(reason.UntrustedKey, "certificate chain: %w", err)
+			return nil, "", reason.Errorf(reason.UntrustedKey, "certificate chain: %w", err)
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 || len(certs) > maxChain {
-		return nil, "", fail(reason.UntrustedKey, "certificate chain must hold 1 to %d certificates", maxChain)
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate chain must hold 1 to %d certificates", maxChain)
 	}
 	leaf := certs[0]
 	// Go treats a certificate without EKU as good for anything; code signing must be explicit.
 	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageCodeSigning) {
-		return nil, "", fail(reason.UntrustedKey, "certificate %q lacks the code-signing extended key usage", clip(leaf.Subject.String()))
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate %q lacks the code-signing extended key usage", clip(leaf.Subject.String()))
 	}
 	if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		return nil, "", fail(reason.UntrustedKey, "certificate %q lacks the digitalSignature key usage", clip(leaf.Subject.String()))
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate %q lacks the digitalSignature key usage", clip(leaf.Subject.String()))
 	}
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
-		return nil, "", fail(reason.UntrustedKey, "certificate %q is valid from %s to %s, not at %s",
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate %q is valid from %s to %s, not at %s",
 			clip(leaf.Subject.String()), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 	inter := x509.NewCertPool()
@@ -226,14 +226,14 @@ func (ts *TrustStore) leafFromChain(chainPEM []byte, now time.Time) (crypto.Publ
 		Roots: ts.roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 	}); err != nil {
-		return nil, "", fail(reason.UntrustedKey, "certificate %q does not chain to a configured CA: %w", clip(leaf.Subject.String()), err)
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate %q does not chain to a configured CA: %w", clip(leaf.Subject.String()), err)
 	}
 	if err := CheckKey(leaf.PublicKey); err != nil {
-		return nil, "", fail(reason.UntrustedKey, "certificate key: %w", err)
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate key: %w", err)
 	}
 	id, err := KeyID(leaf.PublicKey)
 	if err != nil {
-		return nil, "", fail(reason.UntrustedKey, "certificate key: %w", err)
+		return nil, "", reason.Errorf(reason.UntrustedKey, "certificate key: %w", err)
 	}
 	return leaf.PublicKey, id, nil
 }

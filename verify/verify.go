@@ -83,16 +83,13 @@ func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
 	}
 	var vd Verdict
 	if len(in.Digest) != sha256.Size {
-		return vd, fail(reason.Internal, "verify %s: digest of %d bytes, want a SHA-256", clip(in.Name), len(in.Digest))
+		return vd, reason.Errorf(reason.Internal, "verify %s: digest of %d bytes, want a SHA-256", clip(in.Name), len(in.Digest))
 	}
 	if in.Expected.Size >= 0 && in.Size != in.Expected.Size {
-		return vd, fail(reason.SizeMismatch, "%s: downloaded %d bytes, the document says %d", clip(in.Name), in.Size, in.Expected.Size)
+		return vd, reason.Errorf(reason.SizeMismatch, "%s: downloaded %d bytes, the document says %d", clip(in.Name), in.Size, in.Expected.Size)
 	}
 	if in.Signature != nil && in.Signature.RawPayloadSize != 0 && in.Size != in.Signature.RawPayloadSize {
-		return vd, fail(reason.SizeMismatch, "%s: downloaded %d bytes, rawPayloadSize says %d", clip(in.Name), in.Size, in.Signature.RawPayloadSize)
-	}
-	if in.Expected.SHA256 != nil && !bytes.Equal(in.Expected.SHA256, in.Digest) {
-		return vd, fail(reason.DigestMismatch, "%s: sha256 %s, the document says %s", clip(in.Name), hex.EncodeToString(in.Digest), hex.EncodeToString(in.Expected.SHA256))
+		return vd, reason.Errorf(reason.SizeMismatch, "%s: downloaded %d bytes, rawPayloadSize says %d", clip(in.Name), in.Size, in.Signature.RawPayloadSize)
 	}
 	now := p.Now
 	if now.IsZero() {
@@ -118,21 +115,28 @@ func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
 			return vd, err
 		}
 		if !st.names(in.Digest) {
-			return vd, fail(reason.DigestMismatch, "%s: the attestation's subject is not the payload (sha256 %s)", clip(in.Name), hex.EncodeToString(in.Digest))
+			return vd, reason.Errorf(reason.DigestMismatch, "%s: the attestation's subject is not the payload (sha256 %s)", clip(in.Name), hex.EncodeToString(in.Digest))
 		}
 		pr := st.Predicate
 		if in.Plain.Version != "" && in.Plain.Version != pr.Version {
-			return vd, fail(reason.InvalidDocument, "%s: plain version %q disagrees with the signed version %q", clip(in.Name), clip(in.Plain.Version), clip(pr.Version))
+			return vd, reason.Errorf(reason.InvalidDocument, "%s: plain version %q disagrees with the signed version %q", clip(in.Name), clip(in.Plain.Version), clip(pr.Version))
 		}
 		if in.Plain.Compatible != nil && !sameSet(in.Plain.Compatible, pr.Compatible) {
-			return vd, fail(reason.InvalidDocument, "%s: plain compatible list %q disagrees with the signed one %q", clip(in.Name), in.Plain.Compatible, pr.Compatible)
+			return vd, reason.Errorf(reason.InvalidDocument, "%s: plain compatible list %q disagrees with the signed one %q", clip(in.Name), in.Plain.Compatible, pr.Compatible)
 		}
 		vd.Signed, vd.Attested, vd.AttestationKeyID = true, true, id
 		vd.Version, vd.Compatible, vd.AllowDowngrade = pr.Version, pr.Compatible, pr.AllowDowngrade
 	}
 
+	// The plain sha256 is checked after the signatures: bytes that are not what the owner signed
+	// are reported as SIGNATURE_INVALID (the stronger, more useful verdict); DIGEST_MISMATCH is
+	// left for a document whose own sha256 disagrees with correctly signed bytes, and for
+	// unsigned payloads.
+	if in.Expected.SHA256 != nil && !bytes.Equal(in.Expected.SHA256, in.Digest) {
+		return vd, reason.Errorf(reason.DigestMismatch, "%s: sha256 %s, the document says %s", clip(in.Name), hex.EncodeToString(in.Digest), hex.EncodeToString(in.Expected.SHA256))
+	}
 	if !vd.Signed && !p.AllowUnsigned {
-		return vd, fail(reason.Unsigned, "%s carries no signature and unsigned updates are not allowed", clip(in.Name))
+		return vd, reason.Errorf(reason.Unsigned, "%s carries no signature and unsigned updates are not allowed", clip(in.Name))
 	}
 	if err := checkPolicy(vd, p); err != nil {
 		return vd, err
@@ -140,25 +144,21 @@ func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
 	return vd, nil
 }
 
-// Preflight runs Verify against what the document states (its sha256 and size) before any
-// byte is downloaded, so a forged, downgrading or foreign document is rejected while the job is
-// still QUEUED. Verify must still run on the downloaded bytes. A document without sha256 can
-// only be checked for policy here.
-func (ts *TrustStore) Preflight(in Input, p Policy) (Verdict, error) {
-	in.Size = in.Expected.Size
-	if in.Size < 0 && in.Signature != nil && in.Signature.RawPayloadSize > 0 {
-		in.Size = in.Signature.RawPayloadSize
+// Precheck decides, before any byte is downloaded, what the document states about itself that
+// no download can change: that it carries a signature at all (unless unsigned updates are
+// allowed), and that its plain version and compatibility pass the policy. A job refused here is
+// REJECTED while still QUEUED. Signatures are checked over the downloaded bytes by Verify, so a
+// bad signature ends the job FAILED (SIGNATURE_INVALID) after the download; a refusal based on
+// unsigned claims is safe (it only ever refuses), and Verify enforces the signed claims again.
+func (ts *TrustStore) Precheck(in Input, p Policy) error {
+	if in.Signature == nil && in.Attestation == nil && !p.AllowUnsigned {
+		return reason.Errorf(reason.Unsigned, "%s carries no signature and unsigned updates are not allowed", clip(in.Name))
 	}
-	if in.Expected.SHA256 == nil {
-		// Nothing to check signatures against: policy only, on the plain claims.
-		if in.Signature == nil && in.Attestation == nil && !p.AllowUnsigned {
-			return Verdict{}, fail(reason.Unsigned, "%s carries no signature and unsigned updates are not allowed", clip(in.Name))
-		}
-		vd := Verdict{Version: in.Plain.Version, Compatible: in.Plain.Compatible}
-		return vd, checkPolicy(vd, p)
+	if in.Attestation != nil {
+		// A signed predicate may allow a downgrade; that is decided once its signature is checked.
+		p.InstalledVersion = ""
 	}
-	in.Digest = in.Expected.SHA256
-	return ts.Verify(in, p)
+	return checkPolicy(Verdict{Version: in.Plain.Version, Compatible: in.Plain.Compatible}, p)
 }
 
 func (ts *TrustStore) verifySignature(s *Signature, digest []byte, now time.Time) (candidate, Algorithm, error) {
@@ -180,13 +180,13 @@ func (ts *TrustStore) verifySignature(s *Signature, digest []byte, now time.Time
 			return candidate{}, "", err
 		}
 		if s.KeyID != "" && s.KeyID != id {
-			return candidate{}, "", fail(reason.UntrustedKey, "keyId %s is not the certificate's key %s", clip(s.KeyID), id)
+			return candidate{}, "", reason.Errorf(reason.UntrustedKey, "keyId %s is not the certificate's key %s", clip(s.KeyID), id)
 		}
 		cands = []candidate{{id, pub}}
 	case s.KeyID != "":
 		pub, ok := ts.keys[s.KeyID]
 		if !ok {
-			return candidate{}, "", fail(reason.UntrustedKey, "key %s is not in the trust store", clip(s.KeyID))
+			return candidate{}, "", reason.Errorf(reason.UntrustedKey, "key %s is not in the trust store", clip(s.KeyID))
 		}
 		cands = []candidate{{s.KeyID, pub}}
 	default:
@@ -194,7 +194,7 @@ func (ts *TrustStore) verifySignature(s *Signature, digest []byte, now time.Time
 			cands = append(cands, candidate{id, ts.keys[id]})
 		}
 		if len(cands) == 0 {
-			return candidate{}, "", fail(reason.UntrustedKey, "no trusted key: the signature names no certificate and only CAs are configured")
+			return candidate{}, "", reason.Errorf(reason.UntrustedKey, "no trusted key: the signature names no certificate and only CAs are configured")
 		}
 	}
 	tried := 0
@@ -214,9 +214,9 @@ func (ts *TrustStore) verifySignature(s *Signature, digest []byte, now time.Time
 		}
 	}
 	if tried == 0 {
-		return candidate{}, "", fail(reason.SignatureInvalid, "no trusted key can make a %s signature", alg)
+		return candidate{}, "", reason.Errorf(reason.SignatureInvalid, "no trusted key can make a %s signature", alg)
 	}
-	return candidate{}, "", fail(reason.SignatureInvalid, "signature verifies under none of the %d candidate trusted keys", tried)
+	return candidate{}, "", reason.Errorf(reason.SignatureInvalid, "signature verifies under none of the %d candidate trusted keys", tried)
 }
 
 func (ts *TrustStore) verifyAttestation(env []byte, leaf *candidate) (*Statement, string, error) {
@@ -228,7 +228,7 @@ func (ts *TrustStore) verifyAttestation(env []byte, leaf *candidate) (*Statement
 		cands = append(cands, candidate{id, ts.keys[id]})
 	}
 	if len(cands) == 0 {
-		return nil, "", fail(reason.UntrustedKey, "attestation: no trusted key configured")
+		return nil, "", reason.Errorf(reason.UntrustedKey, "attestation: no trusted key configured")
 	}
 	payload, id, err := verifyEnvelope(env, cands)
 	if err != nil {
@@ -247,7 +247,7 @@ func checkPolicy(vd Verdict, p Policy) error {
 		// job documents always state one (package jobdoc); a bare detached signature checked by
 		// the CLI may not, and then there is nothing to roll back against.
 		if p.InstalledVersion != "" {
-			return fail(reason.InvalidDocument, "no version stated (plain or signed) to compare with the installed %s", clip(p.InstalledVersion))
+			return reason.Errorf(reason.InvalidDocument, "no version stated (plain or signed) to compare with the installed %s", clip(p.InstalledVersion))
 		}
 	} else if err := checkRollback(vd, p); err != nil {
 		return err
@@ -258,16 +258,16 @@ func checkPolicy(vd Verdict, p Policy) error {
 func checkRollback(vd Verdict, p Policy) error {
 	nv, err := ParseVersion(vd.Version)
 	if err != nil {
-		return fail(reason.InvalidDocument, "%w", err)
+		return reason.Errorf(reason.InvalidDocument, "%w", err)
 	}
 	if p.InstalledVersion != "" && !vd.AllowDowngrade {
 		iv, err := ParseVersion(p.InstalledVersion)
 		if err != nil {
 			// Fail closed: a downgrade cannot be ruled out. A signed allowDowngrade recovers.
-			return fail(reason.DowngradeRefused, "installed version cannot be compared: %w", err)
+			return reason.Errorf(reason.DowngradeRefused, "installed version cannot be compared: %w", err)
 		}
 		if nv.Compare(iv) < 0 {
-			return fail(reason.DowngradeRefused, "version %s is older than the installed %s", clip(vd.Version), clip(p.InstalledVersion))
+			return reason.Errorf(reason.DowngradeRefused, "version %s is older than the installed %s", clip(vd.Version), clip(p.InstalledVersion))
 		}
 	}
 	return nil
@@ -283,7 +283,7 @@ func checkCompatible(vd Verdict, p Policy) error {
 			}
 		}
 		if !ok {
-			return fail(reason.IncompatibleDevice, "the update is for %q; this device is %q", vd.Compatible, p.DeviceCompatible)
+			return reason.Errorf(reason.IncompatibleDevice, "the update is for %q; this device is %q", vd.Compatible, p.DeviceCompatible)
 		}
 	}
 	return nil

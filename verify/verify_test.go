@@ -86,7 +86,15 @@ func TestAttacks(t *testing.T) {
 		{"signature over other bytes", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.Value = sigB64(t, w.k.p256, verify.ECDSASHA256, otherDigest)
 		}, reason.SignatureInvalid},
-		{"one payload bit flipped", func(in *verify.Input, p *verify.Policy) { in.Digest = digestOf(flipped) }, reason.DigestMismatch},
+		// A payload that is not what the owner signed is SIGNATURE_INVALID, whatever the plain sha256 says.
+		{"one payload bit flipped", func(in *verify.Input, p *verify.Policy) { in.Digest = digestOf(flipped) }, reason.SignatureInvalid},
+		{"one payload bit flipped, unsigned payload allowed", func(in *verify.Input, p *verify.Policy) {
+			in.Digest, in.Signature, in.Attestation = digestOf(flipped), nil, nil
+			p.AllowUnsigned = true
+		}, reason.DigestMismatch},
+		{"correctly signed bytes, document sha256 wrong", func(in *verify.Input, p *verify.Policy) {
+			in.Expected.SHA256 = otherDigest
+		}, reason.DigestMismatch},
 		{"one payload bit flipped, document digest forged to match", func(in *verify.Input, p *verify.Policy) {
 			in.Digest, in.Expected.SHA256 = digestOf(flipped), digestOf(flipped)
 		}, reason.SignatureInvalid},
@@ -290,22 +298,49 @@ func TestAccepted(t *testing.T) {
 			if vd.Signed != (c.wantKey != nil || c.attest) {
 				t.Fatalf("signed = %v", vd.Signed)
 			}
-			// Preflight on the document's own sha256/size must agree.
-			if _, err := w.ts.Preflight(in, p); err != nil {
-				t.Fatalf("preflight refused: %v", err)
+			// Precheck, before any download, must let every accepted case through.
+			if err := w.ts.Precheck(in, p); err != nil {
+				t.Fatalf("precheck refused: %v", err)
 			}
 		})
 	}
 }
 
-func TestPreflightRefusesDowngradeBeforeDownload(t *testing.T) {
+// TestPrecheckRefusesOnlyWhatNoDownloadCanChange: before the download, an unsigned document, a
+// plain downgrade and a foreign device are refused (REJECTED while QUEUED); a bad signature and a
+// downgrade that a signed predicate may allow are left to Verify over the downloaded bytes.
+func TestPrecheckRefusesOnlyWhatNoDownloadCanChange(t *testing.T) {
 	w := newWorld(t)
-	in := w.base(t)
-	in.Digest, in.Size = nil, 0 // nothing downloaded yet
-	in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Version: "0.9.0"})
-	in.Plain = verify.Claims{}
-	if _, err := w.ts.Preflight(in, w.policy); !errors.Is(err, reason.DowngradeRefused) {
-		t.Fatalf("got %v, want DOWNGRADE_REFUSED", err)
+	cases := []struct {
+		name string
+		edit func(in *verify.Input)
+		want error // nil = passes the precheck
+	}{
+		{"fully signed release", func(in *verify.Input) {}, nil},
+		{"unsigned", func(in *verify.Input) { in.Signature, in.Attestation = nil, nil }, reason.Unsigned},
+		{"plain downgrade without attestation", func(in *verify.Input) {
+			in.Attestation = nil
+			in.Plain.Version = "1.0.0"
+		}, reason.DowngradeRefused},
+		{"incompatible device", func(in *verify.Input) { in.Plain.Compatible = []string{"board-rev-a"} }, reason.IncompatibleDevice},
+		{"bad signature is left to the download", func(in *verify.Input) {
+			in.Signature.Value = sigB64(t, w.k.p256, verify.ECDSASHA256, digestOf([]byte("other")))
+		}, nil},
+		{"downgrade a signed predicate may allow is left to the download", func(in *verify.Input) {
+			in.Plain.Version = "1.0.0"
+			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Version: "1.0.0", Compatible: []string{"board-rev-c"}, AllowDowngrade: true})
+		}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := w.base(t)
+			in.Digest, in.Size = nil, 0 // nothing downloaded yet
+			c.edit(&in)
+			err := w.ts.Precheck(in, w.policy)
+			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
 	}
 }
 

@@ -24,7 +24,7 @@ func (f File) Signature() *verify.Signature {
 }
 
 // VerifyInput is what package verify needs about file i, with the document's expectations
-// filled in. The caller sets Digest and Size from the download (or calls ts.Preflight first).
+// filled in. The caller sets Digest and Size from the download (ts.Precheck needs neither).
 func (d *Document) VerifyInput(i int) verify.Input {
 	f := d.Files[i]
 	att := f.Attestation

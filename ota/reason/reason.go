@@ -45,15 +45,14 @@ var All = []Code{
 // *Error in the chain carrying that code, so callers need no package-specific sentinels.
 type Error struct {
 	Code Code
-	Msg  string // a human sentence, safe to report (no secrets)
+	Msg  string // the whole human sentence, cause included; safe to report (no secrets)
 	Err  error  // the cause, may be nil
 }
 
 func (e *Error) Error() string {
 	switch {
-	case e.Msg != "" && e.Err != nil:
-		return fmt.Sprintf("%s: %s: %v", e.Code, e.Msg, e.Err)
 	case e.Msg != "":
+		// Msg is the whole sentence: Errorf already wrote the cause into it.
 		return fmt.Sprintf("%s: %s", e.Code, e.Msg)
 	case e.Err != nil:
 		return fmt.Sprintf("%s: %v", e.Code, e.Err)

@@ -31,3 +31,13 @@ func TestUnclassifiedErrorIsInternal(t *testing.T) {
 		t.Fatalf("bare code: got %s", got)
 	}
 }
+
+func TestCauseIsPrintedOnce(t *testing.T) {
+	err := Errorf(SignatureInvalid, "ecdsa check failed: %w", errors.New("asn1: truncated"))
+	if got := err.Error(); got != "SIGNATURE_INVALID: ecdsa check failed: asn1: truncated" {
+		t.Fatalf("got %q", got)
+	}
+	if got := Wrap(InstallFailed, errors.New("disk full")).Error(); got != "INSTALL_FAILED: disk full" {
+		t.Fatalf("got %q", got)
+	}
+}
