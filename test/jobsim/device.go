@@ -214,26 +214,27 @@ func summary(e execSnap) map[string]any {
 
 func (h *exchange) startNext(req request) {
 	d, derr := req.details()
-	if derr == nil {
-		var st int64
-		if st, derr = req.stepTimeout(); derr == nil {
-			e, eff := h.s.model.startNext(h.thing, d, st)
-			body := map[string]any{}
-			if e != nil {
-				x, derr := h.s.execution(*e, true, true)
-				if derr != nil {
-					h.reject(derr)
-					h.s.collect(eff, &h.out, &h.events)
-					return
-				}
-				body["execution"] = x
-			}
-			h.accept(body)
-			h.s.collect(eff, &h.out, &h.events)
+	if derr != nil {
+		h.reject(derr)
+		return
+	}
+	st, derr := req.stepTimeout()
+	if derr != nil {
+		h.reject(derr)
+		return
+	}
+	e, eff := h.s.model.startNext(h.thing, d, st)
+	defer h.s.collect(eff, &h.out, &h.events) // notifications follow the answer
+	body := map[string]any{}
+	if e != nil {
+		x, derr := h.s.execution(*e, true, true)
+		if derr != nil {
+			h.reject(derr)
 			return
 		}
+		body["execution"] = x
 	}
-	h.reject(derr)
+	h.accept(body)
 }
 
 func (h *exchange) describe(jobID string, req request) {
