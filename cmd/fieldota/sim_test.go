@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldota/fieldota/test/mosquitto"
+	"github.com/fieldota/fieldota/test/testpki"
 )
 
 // simLines is a goroutine-safe writer that hands out the emulator's output line by line.
@@ -190,5 +194,119 @@ func TestSimServeAndControlCommands(t *testing.T) {
 	}
 	if o, code := simCLI(t, "sim", "describe", "--api", api, "j1"); code != 2 {
 		t.Fatalf("describe against a stopped emulator: exit %d\n%s", code, o)
+	}
+}
+
+// simStart runs `fieldota sim args…` until the test ends and returns its output.
+func simStart(t *testing.T, args ...string) *simLines {
+	t.Helper()
+	out := &simLines{lines: make(chan string, 256)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		root := newRoot()
+		root.SetOut(out)
+		root.SetErr(out)
+		root.SetArgs(append([]string{"sim"}, args...))
+		done <- root.ExecuteContext(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("sim: %v\n%s", err, out.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("sim did not stop")
+		}
+	})
+	return out
+}
+
+// simNextJob asks for $next over MQTT and returns the job id in the answer.
+func simNextJob(t *testing.T, url, thing string, tc *tls.Config) string {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID(thing).SetTLSConfig(tc).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", url, tok.Error())
+	}
+	defer c.Disconnect(50)
+	got := make(chan []byte, 1)
+	topic := "$aws/things/" + thing + "/jobs/$next/get"
+	c.Subscribe(topic+"/accepted", 1, func(_ paho.Client, m paho.Message) { got <- m.Payload() }).WaitTimeout(5 * time.Second)
+	c.Publish(topic, 1, false, `{}`).WaitTimeout(5 * time.Second)
+	var reply struct{ Execution struct{ JobID string } }
+	select {
+	case p := <-got:
+		json.Unmarshal(p, &reply)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no $next answer from %s", url)
+	}
+	return reply.Execution.JobID
+}
+
+func simWriteJob(t *testing.T, api, jobID, thing string) {
+	t.Helper()
+	docPath := filepath.Join(t.TempDir(), "doc.json")
+	if err := os.WriteFile(docPath, []byte(`{"operation":"install"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if o, code := simCLI(t, "sim", "create-job", "--api", api, "--file", docPath, "--job-id", jobID, "--target", thing); code != 0 {
+		t.Fatalf("create-job: exit %d\n%s", code, o)
+	}
+}
+
+// TestSimServesMutualTLS: --tls with server certificate and client CA; the device's certificate
+// CN is its thing name.
+func TestSimServesMutualTLS(t *testing.T) {
+	ca, err := testpki.NewCA("sim test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, _ := ca.Server("sim")
+	certPath, keyPath, err := srv.WriteFiles(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPath, _ := ca.WriteCA(dir)
+	out := simStart(t, "serve", "--mqtt", "", "--tls", "127.0.0.1:0", "--tls-cert", certPath, "--tls-key", keyPath,
+		"--client-ca", caPath, "--http", "127.0.0.1:0", "--s3", "")
+	url := simWaitLine(t, out, "mutual TLS ")
+	api := simWaitLine(t, out, "control API ")
+	simWriteJob(t, api, "j-tls", "dev1")
+	p, _ := ca.Client("dev1")
+	cert, _ := p.TLSCertificate()
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool(), NextProtos: []string{"x-amzn-mqtt-ca"}}
+	if got := simNextJob(t, url, "dev1", tc); got != "j-tls" {
+		t.Fatalf("$next over mutual TLS: %q", got)
+	}
+	if o, code := simCLI(t, "sim", "--tls", "127.0.0.1:0", "--s3", ""); code != 2 {
+		t.Fatalf("--tls without certificates: exit %d\n%s", code, o)
+	}
+}
+
+// TestSimAttachesToMosquitto: --external-broker with the emulator's client certificate.
+func TestSimAttachesToMosquitto(t *testing.T) {
+	ca, err := testpki.NewCA("sim test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mosquitto.Start(t, ca, mosquitto.Options{})
+	dir := t.TempDir()
+	admin, _ := ca.Client(b.Admin())
+	certPath, keyPath, err := admin.WriteFiles(dir, "jobsim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPath, _ := ca.WriteCA(dir)
+	out := simStart(t, "--external-broker", b.URL(), "--external-cert", certPath, "--external-key", keyPath,
+		"--external-ca", caPath, "--http", "127.0.0.1:0", "--s3", "")
+	api := simWaitLine(t, out, "control API ")
+	simWriteJob(t, api, "j-ext", "dev1")
+	if got := simNextJob(t, b.URL(), "dev1", b.ClientTLS("dev1")); got != "j-ext" {
+		t.Fatalf("$next through mosquitto: %q", got)
 	}
 }
