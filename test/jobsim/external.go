@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 // as a privileged client, subscribes to every thing's Jobs topics and publishes the answers. The
 // broker's own ACL confines the devices.
 type external struct {
+	log   *slog.Logger
 	c     paho.Client
 	queue chan paho.Message
 	done  chan struct{}
@@ -27,7 +29,7 @@ func attach(ctx context.Context, s *Sim, cfg ExternalBroker) (*external, error) 
 	if cfg.ClientID == "" {
 		cfg.ClientID = "jobsim"
 	}
-	x := &external{queue: make(chan paho.Message, 4096), done: make(chan struct{})}
+	x := &external{log: s.log, queue: make(chan paho.Message, 4096), done: make(chan struct{})}
 	subscribed := make(chan error, 1)
 	// The router only enqueues, so paho's ordered delivery never blocks on our publishes and one
 	// worker keeps each device's requests in order.
@@ -88,16 +90,21 @@ func attach(ctx context.Context, s *Sim, cfg ExternalBroker) (*external, error) 
 	return x, nil
 }
 
+// send hands the message to paho without waiting for the PUBACK: paho keeps the order of
+// publishes, and waiting would stall every operation (they run under the Sim's lock) while the
+// broker restarts. Failures are logged when they come.
 func (x *external) send(m outMsg) error {
 	t := x.c.Publish(m.topic, 1, false, m.payload)
-	select {
-	case <-t.Done():
-		return t.Error()
-	case <-time.After(externalPublishTimeout):
-		return errors.New("publish timed out")
-	case <-x.done:
-		return errors.New("detached")
-	}
+	go func() { // ends with the PUBACK or on detach
+		select {
+		case <-t.Done():
+			if err := t.Error(); err != nil {
+				x.log.Warn("publish failed", "topic", m.topic, "err", err)
+			}
+		case <-x.done:
+		}
+	}()
+	return nil
 }
 
 func (x *external) disconnect(string) error {
