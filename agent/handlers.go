@@ -12,23 +12,24 @@ import (
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota"
-	"github.com/fieldota/fieldota/ota/files"
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
 )
 
-// handlers maps each state of a files job to its work. Slot and binary targets are refused
-// before they start (UNSUPPORTED_OPERATION) until their installers exist, so their states
-// (reboot, selftest, commit, rollback) have no handler here.
+// handlers maps each state to its work. accept, download, verify, report and cleanup are the
+// same for every target; the states in between are the target's flow (flow.go).
 func (a *Agent) handlers() map[ota.State]ota.Handler {
-	return map[ota.State]ota.Handler{
+	h := map[ota.State]ota.Handler{
 		ota.StateAccept:   a.accept,
 		ota.StateDownload: a.download,
 		ota.StateVerify:   a.verifyStaged,
-		ota.StateInstall:  a.install,
 		ota.StateReport:   a.report,
 		ota.StateCleanup:  a.cleanup,
 	}
+	for _, s := range []ota.State{ota.StateInstall, ota.StateReboot, ota.StateSelftest, ota.StateCommit, ota.StateRollback} {
+		h[s] = a.dispatch(s)
+	}
+	return h
 }
 
 // details is the statusDetails map for a stage: always complete, since a map sent with an
@@ -152,10 +153,32 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	return ota.EvOK, nil
 }
 
-func (a *Agent) fetch(ctx context.Context, j *ota.Journal, i int, f jobdoc.File, st *ota.Staged, progress func(done, total int64)) (download.Result, error) {
-	sink, err := os.OpenFile(st.Path, os.O_RDWR|os.O_CREATE, 0o600)
+// sinkCloser is a download destination the agent closes afterwards.
+type sinkCloser interface {
+	download.Sink
+	Close() error
+}
+
+// openSink opens where file i goes: the target's own sink (an A/B slot) or a staged file.
+func (a *Agent) openSink(j *ota.Journal, i int, st *ota.Staged) (sinkCloser, error) {
+	fl, err := a.flowFor(j.Target)
 	if err != nil {
-		return download.Result{}, reason.Wrap(reason.DownloadFailed, err)
+		return nil, err
+	}
+	if fl.sink != nil {
+		return fl.sink(j, i)
+	}
+	f, err := os.OpenFile(st.Path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, reason.Wrap(reason.DownloadFailed, err)
+	}
+	return f, nil
+}
+
+func (a *Agent) fetch(ctx context.Context, j *ota.Journal, i int, f jobdoc.File, st *ota.Staged, progress func(done, total int64)) (download.Result, error) {
+	sink, err := a.openSink(j, i, st)
+	if err != nil {
+		return download.Result{}, err
 	}
 	defer sink.Close()
 	if err := a.checkURL(f.URL); err != nil {
@@ -286,54 +309,6 @@ func (a *Agent) verifyStaged(ctx context.Context, j *ota.Journal) (ota.Event, er
 		}
 		a.log.Info("verified", "job", j.JobID, "file", f.FileName, "key", vd.KeyID, "attested", vd.Attested, "version", vd.Version)
 	}
-	return ota.EvOK, nil
-}
-
-func (a *Agent) install(ctx context.Context, j *ota.Journal) (ota.Event, error) {
-	if ev, err := a.inProgress(ctx, j, details(j, "install", nil)); ev != "" || err != nil {
-		return ev, err
-	}
-	spec, err := parseJob(j.Document, a.cfg)
-	if err != nil {
-		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
-	}
-	if err := confined(spec.WorkingDirectory, a.cfg.Files.AllowedRoots); err != nil {
-		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
-	}
-	plan := files.Plan{Dir: spec.WorkingDirectory, Timeout: a.cfg.Files.AutoStartTimeout.Duration}
-	for i, f := range spec.Files {
-		mode := f.Mode
-		if mode == 0 {
-			mode = 0o644
-			if spec.AutoStart && f.FileName == spec.PackageName {
-				mode = 0o755 // the seed's install.py must be executable to be started without a shell
-			}
-		}
-		plan.Files = append(plan.Files, files.File{Name: f.FileName, Staged: j.Staged[i].Path, Mode: mode})
-	}
-	if spec.AutoStart {
-		plan.Start = spec.PackageName
-	}
-	res, err := files.Install(ctx, plan)
-	if ctx.Err() != nil {
-		return "", ctx.Err()
-	}
-	if err != nil {
-		extra := map[string]string{"stage": "install"}
-		var se *files.StartError
-		if errors.As(err, &se) && se.Output != "" {
-			extra["output"] = se.Output
-		}
-		return ota.Fail(j, err, extra), nil
-	}
-	if err := recordInstalled(a.cfg.StateDir, targetKey(spec), j.Version); err != nil {
-		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "install"}), nil
-	}
-	d := details(j, "done", nil)
-	if res.Output != "" {
-		d["output"] = res.Output
-	}
-	j.Report = &ota.Report{Status: string(jobs.Succeeded), Details: d}
 	return ota.EvOK, nil
 }
 

@@ -56,8 +56,8 @@ func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
 // and the policy over the document's plain claims. Signatures themselves are checked over the
 // downloaded bytes (a bad one ends the job FAILED SIGNATURE_INVALID).
 func (a *Agent) preflight(spec *jobdoc.Document, j *ota.Journal) error {
-	if spec.Target != jobdoc.TargetFiles {
-		return reason.Errorf(reason.UnsupportedOperation, "target %q is not supported by this agent build", spec.Target)
+	if _, err := a.flowFor(string(spec.Target)); err != nil {
+		return err
 	}
 	pol, err := a.policy(spec)
 	if err != nil {

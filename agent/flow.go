@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/ota/jobdoc"
+	"github.com/fieldota/fieldota/ota/reason"
+)
+
+// flow is what one target (files, slot, binary) contributes: handlers for the states between
+// verify and report, a check that this device is configured for it, and optionally its own
+// download sink (an A/B slot takes the payload straight into the inactive partition).
+type flow struct {
+	handlers map[ota.State]ota.Handler
+	// ready returns an UNSUPPORTED_OPERATION error when the device is not set up for the target.
+	ready func() error
+	// sink, when set, opens where file i of the job is downloaded to; nil means a staged file.
+	sink func(j *ota.Journal, i int) (sinkCloser, error)
+}
+
+// flows holds each target's flow constructor; every target registers itself from its own file
+// (files.go, slot.go, swap.go) so that a target is read in one place.
+var flows = map[jobdoc.Target]func(*Agent) flow{}
+
+func registerFlow(t jobdoc.Target, f func(*Agent) flow) { flows[t] = f }
+
+// flowFor returns the flow of a target, or UNSUPPORTED_OPERATION.
+func (a *Agent) flowFor(target string) (flow, error) {
+	mk, ok := flows[jobdoc.Target(target)]
+	if !ok {
+		return flow{}, reason.Errorf(reason.UnsupportedOperation, "target %q is not supported by this agent", target)
+	}
+	fl := mk(a)
+	if fl.ready != nil {
+		if err := fl.ready(); err != nil {
+			return flow{}, err
+		}
+	}
+	return fl, nil
+}
+
+// dispatch runs state s with the handler of the job's target. A target without a handler for
+// s is a bug in the state table or the flow: reported as INTERNAL, never guessed around.
+func (a *Agent) dispatch(s ota.State) ota.Handler {
+	return func(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+		fl, err := a.flowFor(j.Target)
+		if err != nil {
+			return ota.Fail(j, err, map[string]string{"stage": string(s)}), nil
+		}
+		h, ok := fl.handlers[s]
+		if !ok {
+			return ota.Fail(j, reason.Errorf(reason.Internal, "%s", fmt.Sprintf("target %s has no %s step", j.Target, s)), nil), nil
+		}
+		return h(ctx, j)
+	}
+}
