@@ -37,7 +37,10 @@ type Config struct {
 	Minute      time.Duration    // one "minute" of step/in-progress timers; 0 = time.Minute
 	Now         func() time.Time // nil = time.Now (timers still fire on the real clock)
 	Logger      *slog.Logger     // nil = discard
-	OnEvent     func(Event)      // each job event; calls are serialised
+	// OnEvent is called for each job event, in order, one call at a time, before the operation's
+	// messages are published. It may read (Describe…, List…) but must not create, cancel or
+	// delete jobs or fire timers: those wait for the operation that is calling it.
+	OnEvent func(Event)
 }
 
 // ExternalBroker names a broker to attach to instead of embedding one.
@@ -75,12 +78,6 @@ type Sim struct {
 	// device never sees notifications out of the order the model produced them.
 	opMu sync.Mutex
 
-	// Events go to OnEvent from one goroutine, in order, outside opMu (so OnEvent may call the Sim).
-	evMu     sync.Mutex
-	evQueue  []Event
-	evSignal chan struct{}
-	evDone   chan struct{}
-
 	faultMu sync.Mutex
 	faults  map[string]*fault
 
@@ -99,8 +96,7 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	if cfg.Minute <= 0 {
 		cfg.Minute = time.Minute
 	}
-	s := &Sim{cfg: cfg, log: cfg.Logger, now: cfg.Now, wake: make(chan struct{}, 1), faults: map[string]*fault{},
-		evSignal: make(chan struct{}, 1), evDone: make(chan struct{})}
+	s := &Sim{cfg: cfg, log: cfg.Logger, now: cfg.Now, wake: make(chan struct{}, 1), faults: map[string]*fault{}}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -117,7 +113,6 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	go s.dispatchEvents(runCtx)
 	fail := func(err error) (*Sim, error) {
 		s.Close()
 		return nil, err
@@ -183,7 +178,6 @@ func (s *Sim) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
-		<-s.evDone
 		var errs []error
 		for _, srv := range s.servers {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -271,53 +265,21 @@ func (s *Sim) apply(eff effects) {
 	s.deliver(out, events)
 }
 
+// deliver reports the events, then publishes the messages: whoever watches OnEvent has seen an
+// operation before the device hears its answer.
 func (s *Sim) deliver(out []outMsg, events []Event) {
+	for _, ev := range events {
+		s.log.Debug("job event", "event", ev.String())
+		if s.cfg.OnEvent != nil {
+			s.cfg.OnEvent(ev)
+		}
+	}
 	for _, m := range out {
 		if s.front == nil {
 			break
 		}
 		if err := s.front.send(m); err != nil {
 			s.log.Warn("publish failed", "topic", m.topic, "err", err)
-		}
-	}
-	if len(events) == 0 {
-		return
-	}
-	s.evMu.Lock()
-	s.evQueue = append(s.evQueue, events...)
-	s.evMu.Unlock()
-	select {
-	case s.evSignal <- struct{}{}:
-	default:
-	}
-}
-
-// dispatchEvents hands events to the log and OnEvent in order; on Close it drains the queue.
-func (s *Sim) dispatchEvents(ctx context.Context) {
-	defer close(s.evDone)
-	for {
-		s.evMu.Lock()
-		batch := s.evQueue
-		s.evQueue = nil
-		s.evMu.Unlock()
-		for _, ev := range batch {
-			s.log.Debug("job event", "event", ev.String())
-			if s.cfg.OnEvent != nil {
-				s.cfg.OnEvent(ev)
-			}
-		}
-		if len(batch) > 0 {
-			continue
-		}
-		select {
-		case <-s.evSignal:
-		case <-ctx.Done():
-			s.evMu.Lock()
-			left := len(s.evQueue)
-			s.evMu.Unlock()
-			if left == 0 {
-				return
-			}
 		}
 	}
 }

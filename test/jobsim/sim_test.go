@@ -504,19 +504,26 @@ func TestControlAPIOverHTTP(t *testing.T) {
 	}
 }
 
-// TestOnEventMayCallTheSim: events are delivered outside the service lock, in order, so a handler
-// that asks the control plane does not deadlock the emulator.
-func TestOnEventMayCallTheSim(t *testing.T) {
+// TestOnEventSeesOperationsBeforeTheDevice: OnEvent has been called for an operation by the time
+// the device holds the answer, and it may read the control plane without deadlocking the emulator.
+func TestOnEventSeesOperationsBeforeTheDevice(t *testing.T) {
 	var s *Sim
+	var mu sync.Mutex
+	var statuses, requests []string
 	ready := make(chan struct{})
-	seen := make(chan string, 64)
 	s = startSim(t, Config{OnEvent: func(e Event) {
 		<-ready
-		if e.Kind == EventStatus {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e.Kind {
+		case EventStatus:
 			x, err := s.DescribeJobExecution(e.JobID, e.Thing, e.ExecutionNumber)
-			if err == nil {
-				seen <- x.Status
+			if err != nil {
+				t.Errorf("describe from OnEvent: %v", err)
 			}
+			statuses = append(statuses, x.Status)
+		case EventDeviceRequest:
+			requests = append(requests, e.Detail)
 		}
 	}})
 	close(ready)
@@ -524,12 +531,13 @@ func TestOnEventMayCallTheSim(t *testing.T) {
 	mustCreate(t, s, CreateJobInput{JobID: "j", Targets: []string{"dev1"}})
 	d.accepted("start-next", map[string]any{})
 	d.accepted("j/update", map[string]any{"status": "SUCCEEDED"})
-	for range 3 {
-		select {
-		case <-seen:
-		case <-time.After(waitReply):
-			t.Fatal("OnEvent handler calling the Sim stalled")
-		}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{StatusQueued, StatusInProgress, StatusSucceeded}; !reflect.DeepEqual(statuses, want) {
+		t.Fatalf("statuses seen by OnEvent: %v, want %v", statuses, want)
+	}
+	if want := []string{"StartNextPendingJobExecution", "UpdateJobExecution j"}; !reflect.DeepEqual(requests, want) {
+		t.Fatalf("requests seen by OnEvent when the device had its answers: %v, want %v", requests, want)
 	}
 }
 
