@@ -116,17 +116,14 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	if _, err := durable.RemoveTemps(a.cfg.StateDir); err != nil {
 		return err
 	}
-	j, err := a.store.Load()
-	switch {
-	case errors.Is(err, ota.ErrNoJournal):
-	case err != nil:
-		// A journal we cannot read is an update we cannot account for: stop loudly rather
-		// than forget it (an operator must look at it).
+	// A journal we cannot read is an update we cannot account for: stop loudly rather than
+	// forget it (an operator must look at it).
+	if _, err := a.store.Load(); err != nil && !errors.Is(err, ota.ErrNoJournal) {
 		return fmt.Errorf("cannot resume: %w", err)
-	default:
-		if err := a.runJournal(ctx, j, true); err != nil {
-			return err
-		}
+	}
+	// serveNext resumes a journaled job before it looks for new ones.
+	if err := a.serveNext(ctx); err != nil && ctx.Err() == nil {
+		a.log.Warn("first look for work failed; will retry on the next event", "err", err)
 	}
 	a.Wake()
 	poll := time.NewTicker(pollInterval)
@@ -147,9 +144,19 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	}
 }
 
-// serveNext runs pending jobs one after the other until none is left.
+// serveNext runs pending jobs one after the other until none is left. A journal left by a job
+// that stopped on an error (a full disk, say) is resumed first, never overwritten by a new start.
 func (a *Agent) serveNext(ctx context.Context) error {
 	for {
+		switch j, err := a.store.Load(); {
+		case err == nil:
+			if err := a.runJournal(ctx, j, true); err != nil {
+				return err
+			}
+			continue
+		case !errors.Is(err, ota.ErrNoJournal):
+			return err
+		}
 		exec, err := a.api.Describe(ctx, jobs.DescribeInput{JobID: "$next", IncludeJobDocument: true})
 		if err != nil {
 			return err
