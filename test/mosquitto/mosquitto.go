@@ -36,6 +36,7 @@ type Broker struct {
 	log    string
 	port   int
 	cmd    *exec.Cmd
+	cancel context.CancelFunc
 	exited chan struct{}
 }
 
@@ -132,7 +133,12 @@ func (b *Broker) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.cmd = exec.Command(bin, "-c", b.conf)
+	// The context ends the broker: SIGTERM first, SIGKILL if it lingers past WaitDelay.
+	runCtx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	b.cmd = exec.CommandContext(runCtx, bin, "-c", b.conf)
+	b.cmd.Cancel = func() error { return b.cmd.Process.Signal(syscall.SIGTERM) }
+	b.cmd.WaitDelay = 5 * time.Second
 	b.cmd.Dir = b.dir
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("start mosquitto: %v", err)
@@ -167,23 +173,13 @@ func (b *Broker) start(t testing.TB) {
 	}
 }
 
-// stop ends mosquitto: SIGTERM, then SIGKILL if it lingers.
+// stop ends mosquitto and waits for it.
 func (b *Broker) stop() {
-	if b.cmd == nil || b.cmd.Process == nil {
+	if b.cmd == nil || b.cancel == nil {
 		return
 	}
-	select {
-	case <-b.exited:
-		return
-	default:
-	}
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.exited:
-	case <-time.After(5 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.exited
-	}
+	b.cancel()
+	<-b.exited
 }
 
 // Restart stops mosquitto and starts it again on the same port (broker-restart tests).
