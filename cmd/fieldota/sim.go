@@ -206,7 +206,11 @@ func loadPool(path string) (*x509.CertPool, error) {
 const defaultAPI = "http://127.0.0.1:8080"
 
 func apiFlag(fs *pflag.FlagSet, api *string) {
-	fs.StringVar(api, "api", defaultAPI, "the emulator's control API")
+	def := defaultAPI
+	if v := os.Getenv("FIELDOTA_SIM_API"); v != "" {
+		def = v
+	}
+	fs.StringVar(api, "api", def, "the emulator's control API (default from $FIELDOTA_SIM_API)")
 }
 
 // jobIDArg takes the job id from --job-id or the first argument.
