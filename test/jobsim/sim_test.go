@@ -564,3 +564,40 @@ func TestFireTimersWithAnInjectedClock(t *testing.T) {
 		t.Fatalf("at the step timer: %+v", e)
 	}
 }
+
+// TestArtifactServerOverTLS: with S3TLS the presigned URLs are https and the object is served.
+func TestArtifactServerOverTLS(t *testing.T) {
+	ca, err := testpki.NewCA("s3 test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := ca.Server("s3")
+	cert, err := srv.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b", "k"), []byte("payload"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startSim(t, Config{S3Addr: "127.0.0.1:0", S3TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ArtifactDir: dir})
+	if !strings.HasPrefix(s.S3URL(), "https://") || s.Artifacts() == nil {
+		t.Fatalf("S3URL %q", s.S3URL())
+	}
+	mustCreate(t, s, CreateJobInput{JobID: "j", Targets: []string{"dev1"}, Document: `{"u":"${aws:iot:s3-presigned-url:b/k}"}`})
+	d := connectDevice(t, s.MQTTURL(), "dev1", devOpts{})
+	u := field(d.accepted("$next/get", map[string]any{}), "execution", "jobDocument", "u").(string)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	resp, err := hc.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "payload" {
+		t.Fatalf("GET %s: %d %q", u, resp.StatusCode, body)
+	}
+}
