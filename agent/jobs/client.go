@@ -106,6 +106,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetPingTimeout(10 * time.Second).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(30 * time.Second).
+		SetStore(newCopyingStore()).
 		SetDefaultPublishHandler(c.onMessage). // AWS delivers answers even without a subscription
 		SetOnConnectHandler(c.onConnect).
 		SetConnectionLostHandler(c.onLost).

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 func TestTimestampDecodesSecondsAndMilliseconds(t *testing.T) {
@@ -252,5 +254,26 @@ func TestStandingSubscriptionsCoverEveryAnswerTopic(t *testing.T) {
 	}
 	if n := len(tp.subscriptions()); n > 8 {
 		t.Fatalf("%d filters: AWS allows 8 per SUBSCRIBE", n)
+	}
+}
+
+func TestStoreHandsOutCopiesOfPublishPackets(t *testing.T) {
+	s := newCopyingStore()
+	s.Open()
+	defer s.Close()
+	p := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	p.Qos, p.MessageID, p.TopicName = 1, 7, "t"
+	s.Put("o.7", p)
+	p.Dup = true // the writer's packet changes; the stored one must not
+	got := s.Get("o.7").(*packets.PublishPacket)
+	if got == p || got.Dup || got.MessageID != 7 {
+		t.Fatalf("stored packet shared or changed: %+v", got)
+	}
+	got.Dup = true // resume() marks its copy; the next Get is unaffected
+	if again := s.Get("o.7").(*packets.PublishPacket); again == got || again.Dup {
+		t.Fatal("Get returned a shared packet")
+	}
+	if _, ok := clonePublish(nil).(*packets.PublishPacket); ok {
+		t.Fatal("nil became a packet")
 	}
 }

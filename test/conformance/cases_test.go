@@ -318,17 +318,17 @@ var cases = []conformanceCase{
 		d := f.device()
 		j := f.job([]string{d.thing})
 		d.expectNext(t, j)
-		if _, err := d.c.StartNext(f.ctx(), jobs.StartNextInput{StepTimeoutInMinutes: 3}); err != nil {
+		// An 8-minute step (1.2 s here), at once replaced by a 200-minute one (30 s).
+		if _, err := d.c.StartNext(f.ctx(), jobs.StartNextInput{StepTimeoutInMinutes: 8}); err != nil {
 			t.Fatal(err)
 		}
-		// Re-arm with a long step before the first one expires: the old deadline no longer applies.
-		if _, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StepTimeoutInMinutes: 60}); err != nil {
+		if _, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StepTimeoutInMinutes: 200}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * minute)
+		time.Sleep(10 * minute) // past the first deadline
 		e, err := d.c.Describe(f.ctx(), jobs.DescribeInput{JobID: j, IncludeJobDocument: false})
-		if err != nil || e.Status != jobs.InProgress || e.ApproximateSecondsBeforeTimedOut <= 0 {
-			t.Fatalf("after the replaced deadline: %+v %v; want still IN_PROGRESS with a timer", e, err)
+		if err != nil || e.Status != jobs.InProgress || e.ApproximateSecondsBeforeTimedOut < 20 {
+			t.Fatalf("after the replaced deadline: %+v %v; want still IN_PROGRESS, ~28 s left", e, err)
 		}
 		// A short step now: it expires and the execution becomes TIMED_OUT.
 		if _, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StepTimeoutInMinutes: 1}); err != nil {
