@@ -37,7 +37,7 @@ func FuzzDeviceRequest(f *testing.F) {
 	}
 	defer s.Close()
 	if _, err := s.CreateJob(CreateJobInput{JobID: "j", Targets: []string{"dev1"},
-		Document: `{"u":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/b/k}"}`,
+		Document:                 `{"u":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/b/k}"}`,
 		JobExecutionsRetryConfig: &RetryConfig{CriteriaList: []RetryCriteria{{FailureType: "ALL", NumberOfRetries: 10}}}}); err != nil {
 		f.Fatal(err)
 	}
