@@ -214,23 +214,22 @@ func TestLateAnswerOfTimedOutAttemptIsNotTakenForTheRetry(t *testing.T) {
 	var first request
 	firstDone := make(chan struct{})
 	b.setServe(func(r request) {
-		switch n.Add(1) {
-		case 1:
+		if n.Add(1) == 1 {
 			first = r
 			close(firstDone)
-		case 2:
-			<-firstDone
-			// The stale answer to attempt 1 arrives first, then one with a token nobody sent,
-			// then one on another job's topic with the right token; only the last is right.
-			b.answer(first, "rejected", map[string]any{"code": CodeResourceNotFound})
-			b.publish(r.Topic+"/rejected", map[string]any{"clientToken": "fo-forged-1", "code": CodeTerminalStateReached})
-			b.publish("$aws/things/dev1/jobs/other/get/rejected", map[string]any{"clientToken": r.Token, "code": CodeInvalidRequest})
-			time.Sleep(50 * time.Millisecond)
-			b.answer(r, "accepted", map[string]any{"execution": map[string]any{"jobId": "job-1", "status": "QUEUED", "versionNumber": 1, "executionNumber": 1}})
+			return
 		}
+		<-firstDone
+		// Every later attempt first sees the stale answer to attempt 1, then one with a token
+		// nobody sent, then one on another job's topic with its own token; only then its answer.
+		b.answer(first, "rejected", map[string]any{"code": CodeResourceNotFound})
+		b.publish(r.Topic+"/rejected", map[string]any{"clientToken": "fo-forged-1", "code": CodeTerminalStateReached})
+		b.publish("$aws/things/dev1/jobs/other/get/rejected", map[string]any{"clientToken": r.Token, "code": CodeInvalidRequest})
+		time.Sleep(50 * time.Millisecond)
+		b.answer(r, "accepted", map[string]any{"execution": map[string]any{"jobId": "job-1", "status": "QUEUED", "versionNumber": 1, "executionNumber": 1}})
 	})
 	cfg := testConfig(b)
-	cfg.RequestTimeout = 200 * time.Millisecond
+	cfg.RequestTimeout = 500 * time.Millisecond
 	c := dial(t, cfg)
 	e, err := c.Describe(ctxT(t, 10*time.Second), DescribeInput{JobID: "job-1", IncludeJobDocument: true})
 	if err != nil || e == nil || e.Status != Queued {

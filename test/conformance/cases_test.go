@@ -91,19 +91,32 @@ var cases = []conformanceCase{
 		}
 		_, err = d.c.Describe(f.ctx(), jobs.DescribeInput{JobID: j, ExecutionNumber: 9, IncludeJobDocument: true})
 		rejection(t, err, jobs.ErrResourceNotFound)
+		// Over MQTT includeJobDocument defaults to true (the client always sends it anyway).
+		r, err := d.c.Raw(f.ctx(), j+"/get", []byte(`{"clientToken":"ct-default"}`))
+		if err != nil || !r.Accepted || !strings.Contains(string(payload(t, r.Payload)["execution"]), `"jobDocument"`) {
+			t.Fatalf("describe without includeJobDocument: %+v %v", r, err)
+		}
 	}},
 
 	{"UpdateReturnsStateAndDocumentOnlyWhenAsked", func(f *fx) {
 		t := f.t
 		d := f.device()
 		j := f.job([]string{d.thing})
+		// Without include flags the answer is just clientToken and timestamp.
+		r, err := d.c.Raw(f.ctx(), j+"/update", []byte(`{"status":"IN_PROGRESS","statusDetails":{"stage":"download","progress":"0"},"clientToken":"ct-plain"}`))
+		if err != nil || !r.Accepted {
+			t.Fatalf("plain update: %+v %v", r, err)
+		}
+		if p := payload(t, r.Payload); len(p) != 2 || str(p["clientToken"]) != "ct-plain" || len(p["timestamp"]) == 0 {
+			t.Fatalf("plain update answer %s, want only clientToken and timestamp", r.Payload)
+		}
 		u, err := d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StatusDetails: map[string]string{"stage": "download", "progress": "0"}})
 		if err != nil || u.ExecutionState != nil || len(u.JobDocument) != 0 || u.Timestamp.IsZero() {
 			t.Fatalf("plain update: %+v %v", u, err)
 		}
 		u, err = d.c.Update(f.ctx(), j, jobs.UpdateInput{Status: jobs.InProgress, StatusDetails: map[string]string{"stage": "download", "progress": "42"},
-			ExpectedVersion: jobs.Version(2), ExecutionNumber: 1, IncludeJobExecutionState: true, IncludeJobDocument: true, StepTimeoutInMinutes: 100})
-		if err != nil || u.ExecutionState == nil || u.ExecutionState.Status != jobs.InProgress || u.ExecutionState.VersionNumber != 3 ||
+			ExpectedVersion: jobs.Version(3), ExecutionNumber: 1, IncludeJobExecutionState: true, IncludeJobDocument: true, StepTimeoutInMinutes: 100})
+		if err != nil || u.ExecutionState == nil || u.ExecutionState.Status != jobs.InProgress || u.ExecutionState.VersionNumber != 4 ||
 			u.ExecutionState.StatusDetails["progress"] != "42" || !jsonHas(u.JobDocument, "operation", "install") {
 			t.Fatalf("update with include flags: %+v %v", u, err)
 		}
@@ -113,7 +126,7 @@ var cases = []conformanceCase{
 			t.Fatalf("details not replaced: %+v %v", u, err)
 		}
 		x, err := f.sim.DescribeJobExecution(j, d.thing, 0)
-		if err != nil || x.Status != jobsim.StatusInProgress || x.VersionNumber != 4 || x.StatusDetails.DetailsMap["stage"] != "verify" {
+		if err != nil || x.Status != jobsim.StatusInProgress || x.VersionNumber != 5 || x.StatusDetails.DetailsMap["stage"] != "verify" {
 			t.Fatalf("control plane sees %+v %v", x, err)
 		}
 	}},
