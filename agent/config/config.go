@@ -86,6 +86,21 @@ type Slot struct {
 type Swap struct {
 	Target  string   `toml:"target"`
 	Restart []string `toml:"restart"`
+	// Self: the swapped binary is the agent itself (target defaults to its own executable).
+	Self bool `toml:"self"`
+	// KeepOld keeps the previous binary at <dir>/.<name>.prev after a commit.
+	KeepOld bool `toml:"keep_old"`
+	// Probation is how long the new binary must stay up and healthy before commit.
+	Probation      Duration `toml:"probation"`
+	ProbeInterval  Duration `toml:"probe_interval"`
+	RestartTimeout Duration `toml:"restart_timeout"`
+	// PIDFile or PIDCommand names the managed process, watched for exits and restarts.
+	PIDFile    string   `toml:"pid_file"`
+	PIDCommand []string `toml:"pid_command"`
+	// MaxSize bounds a binary (staging holds it in memory).
+	MaxSize int64 `toml:"max_size_bytes"`
+	// MaxStarts: recovery restores the old agent after this many starts without passing probation.
+	MaxStarts int `toml:"max_starts"`
 }
 
 // Health configures the checks that decide commit or rollback.
@@ -173,6 +188,7 @@ func (c *Config) defaults() {
 	if c.Files.AutoStartTimeout.Duration == 0 {
 		c.Files.AutoStartTimeout.Duration = 5 * time.Minute
 	}
+	c.Swap.defaults()
 	if c.Health.Timeout.Duration == 0 {
 		c.Health.Timeout.Duration = 5 * time.Minute
 	}
@@ -218,6 +234,7 @@ func (c *Config) Validate() error {
 	if c.Jobs.ProgressEvery < 1 || c.Jobs.ProgressEvery > 100 {
 		errs = append(errs, fmt.Errorf("jobs.progress_every_percent %d outside 1–100", c.Jobs.ProgressEvery))
 	}
+	errs = append(errs, c.Swap.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -229,4 +246,39 @@ func (c *Config) Validate() error {
 // EnsureStateDir creates the state directory owner-only.
 func (c *Config) EnsureStateDir() error {
 	return os.MkdirAll(c.StateDir, 0o700)
+}
+
+func (s *Swap) defaults() {
+	if s.Probation.Duration == 0 {
+		s.Probation.Duration = 30 * time.Second
+	}
+	if s.ProbeInterval.Duration == 0 {
+		s.ProbeInterval.Duration = 2 * time.Second
+	}
+	if s.RestartTimeout.Duration == 0 {
+		s.RestartTimeout.Duration = time.Minute
+	}
+	if s.MaxSize == 0 {
+		s.MaxSize = 64 << 20
+	}
+	if s.MaxStarts == 0 {
+		s.MaxStarts = 3
+	}
+}
+
+func (s *Swap) validate() []error {
+	var errs []error
+	if s.Target != "" && (!filepath.IsAbs(s.Target) || filepath.Clean(s.Target) != s.Target) {
+		errs = append(errs, fmt.Errorf("swap.target %q must be a clean absolute path", s.Target))
+	}
+	if s.Target != "" && !s.Self && len(s.Restart) == 0 {
+		errs = append(errs, errors.New("swap.restart is required with swap.target (unless swap.self)"))
+	}
+	if s.PIDFile != "" && len(s.PIDCommand) > 0 {
+		errs = append(errs, errors.New("swap.pid_file and swap.pid_command are exclusive"))
+	}
+	if s.MaxSize < 0 || s.MaxStarts < 0 {
+		errs = append(errs, errors.New("swap.max_size_bytes and swap.max_starts must be positive"))
+	}
+	return errs
 }
