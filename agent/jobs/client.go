@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +79,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	var tc *tls.Config
+	if ep.tls {
+		if tc, err = cfg.tlsConfig(ep); err != nil {
+			return nil, err
+		}
+	}
 	c := &Client{
 		cfg:        cfg,
 		log:        cfg.Logger.With("thing", cfg.ThingName),
@@ -112,11 +119,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetConnectionLostHandler(c.onLost).
 		SetReconnectingHandler(c.onReconnecting).
 		SetConnectionNotificationHandler(c.onNotification)
-	if ep.tls {
-		tc, err := cfg.tlsConfig(ep)
-		if err != nil {
-			return nil, err
-		}
+	if tc != nil {
 		o.SetTLSConfig(tc)
 	}
 	c.mc = mqtt.NewClient(o)
@@ -126,6 +129,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	go c.deliverEvents()
 
 	tok := c.mc.Connect()
+	connected := tok.Done()
 	for {
 		select {
 		case err := <-c.first:
@@ -135,11 +139,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			}
 			c.log.Info("jobs client ready", "endpoint", ep.url)
 			return c, nil
-		case <-tok.Done():
+		case <-connected:
 			if err := tok.Error(); err != nil {
 				c.Close()
 				return nil, fmt.Errorf("jobs: connect to %s: %w", ep.url, err)
 			}
+			connected = nil // connected: now wait for the subscriptions
 		case <-ctx.Done():
 			c.mu.Lock()
 			last := c.lastConnErr
