@@ -74,6 +74,7 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 	if d.dir, err = os.MkdirTemp("", "fieldota-demo-"); err != nil {
 		return err
 	}
+	d.appRoot = filepath.Join(d.dir, "device", "app")
 	defer func() {
 		d.stopAll()
 		if keep {
@@ -92,7 +93,7 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 		return err
 	}
 	good := []byte("#!/usr/bin/env python3\nimport os, platform\nprint('hello from install.py v1.0 on', platform.node(), 'in', os.getcwd())\n")
-	doc, err := d.signedJob(ctx, key, "install.py", good, "1.0")
+	doc, err := d.signedJob(ctx, key, "install.py", good, "1.0", assets())
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 
 	fmt.Fprintln(out, "\nChapter 2 — the same release, but the bytes in the bucket were tampered with:")
 	evil := []byte(strings.Replace(string(good), "hello", "pwned", 1))
-	doc2, err := d.signedJob(ctx, key, "install.py", good, "1.1") // signed for the good bytes…
+	doc2, err := d.signedJob(ctx, key, "install.py", good, "1.1", nil) // signed for the good bytes…
 	if err != nil {
 		return err
 	}
@@ -158,7 +159,8 @@ func (d *demo) startSim(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(d.self, "sim", "--mqtt", mqttAddr, "--http", httpAddr, "--s3", s3Addr, "--artifacts", artifacts)
+	// Throttled so that the download's progress can be watched: 1 MiB/s.
+	cmd := exec.Command(d.self, "sim", "--mqtt", mqttAddr, "--http", httpAddr, "--s3", s3Addr, "--artifacts", artifacts, "--s3-rate", "1048576")
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return err
@@ -217,25 +219,45 @@ func (d *demo) keygen(ctx context.Context) (key, pub string, err error) {
 	return prefix + ".key", prefix + ".pub", nil
 }
 
-func (d *demo) signedJob(ctx context.Context, key, name string, content []byte, version string) (string, error) {
+// assets is a 2 MiB data file shipped with the package, so that the download takes a moment.
+func assets() []byte {
+	b := make([]byte, 2<<20)
+	for i := range b {
+		b[i] = byte(i*31 + i>>11)
+	}
+	return b
+}
+
+func (d *demo) signedJob(ctx context.Context, key, name string, content []byte, version string, data []byte) (string, error) {
 	pkgDir := filepath.Join(d.dir, "release-"+version)
 	if err := os.MkdirAll(pkgDir, 0o755); err != nil {
 		return "", err
 	}
-	pkg := filepath.Join(pkgDir, name)
-	if err := os.WriteFile(pkg, content, 0o755); err != nil {
+	args := []string{"job", "--key", key}
+	add := func(n string, b []byte, mode os.FileMode) error {
+		p := filepath.Join(pkgDir, n)
+		if err := os.WriteFile(p, b, mode); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(d.bucket, n), b, 0o644); err != nil {
+			return err
+		}
+		args = append(args, "--file", p, "--presign", "https://s3.eu-west-1.amazonaws.com/fieldota-demo/"+n)
+		return nil
+	}
+	if err := add(name, content, 0o755); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(d.bucket, name), content, 0o644); err != nil {
-		return "", err
+	if data != nil {
+		if err := add("assets.bin", data, 0o644); err != nil {
+			return "", err
+		}
 	}
 	doc := filepath.Join(pkgDir, "job.json")
-	err := d.cli(ctx, "job", "--key", key, "--file", pkg,
-		"--presign", "https://s3.eu-west-1.amazonaws.com/fieldota-demo/"+name,
-		"--version", version, "--compatible", "demo-board",
+	args = append(args, "--version", version, "--compatible", "demo-board",
 		"--working-directory", filepath.Join(d.appRoot, "demo"), "--package-name", name, "--auto-start",
 		"--out", doc)
-	if err != nil {
+	if err := d.cli(ctx, args...); err != nil {
 		return "", err
 	}
 	b, err := os.ReadFile(doc)
@@ -243,7 +265,6 @@ func (d *demo) signedJob(ctx context.Context, key, name string, content []byte, 
 }
 
 func (d *demo) startAgent(pub string) error {
-	d.appRoot = filepath.Join(d.dir, "device", "app")
 	state := filepath.Join(d.dir, "device", "state")
 	if err := os.MkdirAll(d.appRoot, 0o755); err != nil {
 		return err
@@ -254,7 +275,7 @@ compatible = ["demo-board"]
 [mqtt]
 endpoint = %q
 [jobs]
-progress_every_percent = 25
+progress_every_percent = 10
 progress_min_interval = "1ms"
 [verify]
 keys = [%q]

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/test/jobsim"
+	"github.com/fieldota/fieldota/test/jobsim/s3"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -30,6 +32,7 @@ type simServeFlags struct {
 	mqtt, tlsAddr, tlsCert, tlsKey, clientCA string
 	http, s3, artifacts                      string
 	minute                                   time.Duration
+	s3Rate                                   int64
 	extURL, extID, extCert, extKey, extCA    string
 }
 
@@ -43,6 +46,7 @@ func (f *simServeFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.s3, "s3", "127.0.0.1:8081", "artifact server listen address; empty to disable")
 	fs.StringVar(&f.artifacts, "artifacts", "", "artifact directory: s3 URL https://s3.<region>.amazonaws.com/BUCKET/KEY serves DIR/BUCKET/KEY")
 	fs.DurationVar(&f.minute, "minute", time.Minute, "length of one minute of job timers (shorten for demos)")
+	fs.Int64Var(&f.s3Rate, "s3-rate", 0, "throttle every artifact download to this many bytes/s (to watch progress, or test a slow link); 0 = unthrottled")
 	fs.StringVar(&f.extURL, "external-broker", "", "attach to this broker (ssl://host:port or tcp://host:port) instead of embedding one")
 	fs.StringVar(&f.extID, "external-client-id", "jobsim", "client id of the emulator on the external broker")
 	fs.StringVar(&f.extCert, "external-cert", "", "client certificate (PEM) of the emulator on the external broker")
@@ -129,6 +133,10 @@ func runSim(cmd *cobra.Command, f simServeFlags) error {
 	cancel()
 	if err != nil {
 		return ioErr(err)
+	}
+	if f.s3Rate > 0 && sim.Artifacts() != nil {
+		rate := f.s3Rate
+		sim.Artifacts().OnRequest(func(int, *http.Request) s3.Faults { return s3.Faults{RateBytesPerSec: rate} })
 	}
 	if u := sim.MQTTURL(); u != "" {
 		say("fieldota sim: MQTT %s (thing = client id)", u)
