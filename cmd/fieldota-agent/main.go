@@ -53,6 +53,7 @@ func main() {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.OutOrStdout(), cfgPath) },
 	})
+	root.AddCommand(newRecoverCmd(&cfgPath))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
