@@ -74,12 +74,31 @@ type Files struct {
 	AutoStartTimeout Duration `toml:"autostart_timeout"`
 }
 
-// Slot configures A/B installs.
+// Slot configures A/B installs (docs/ab-slots.md). An empty bootloader disables slot jobs.
 type Slot struct {
 	Bootloader string   `toml:"bootloader"` // uboot | grub | file | command
 	A          string   `toml:"a"`
 	B          string   `toml:"b"`
 	Reboot     []string `toml:"reboot"`
+	// Detect says how the booted slot is found: "cmdline" (fieldota.slot= or root= on the
+	// kernel command line) or "root" (the device mounted at RootPath).
+	Detect   string `toml:"detect"`
+	Cmdline  string `toml:"cmdline"`   // default /proc/cmdline
+	RootPath string `toml:"root_path"` // default /
+	// BootAttempts is the bootlimit written with a trial boot (default 1, like Mender).
+	BootAttempts int `toml:"boot_attempts"`
+	// FwEnvConfig is the fw_env.config for uboot (default: the tools' own, /etc/fw_env.config).
+	FwEnvConfig string `toml:"fw_env_config"`
+	// Grubenv is the environment block for grub (default /boot/grub/grubenv).
+	Grubenv string `toml:"grubenv"`
+	// EnvFile is the key=value file for the file bootloader.
+	EnvFile string `toml:"env_file"`
+	// EnvGet and EnvSet are the command bootloader's hooks (argv lists).
+	EnvGet []string `toml:"env_get"`
+	EnvSet []string `toml:"env_set"`
+	// RebootTimeout is how long the agent waits to be stopped after asking for a reboot
+	// before it asks again (default 10m).
+	RebootTimeout Duration `toml:"reboot_timeout"`
 }
 
 // Swap configures binary swaps.
@@ -109,6 +128,7 @@ type Health struct {
 	URL      string     `toml:"url"`
 	Units    []string   `toml:"units"`
 	Timeout  Duration   `toml:"timeout"`
+	Interval Duration   `toml:"interval"` // between rounds of checks (default 2s)
 }
 
 // Log configures logging.
@@ -195,6 +215,59 @@ func (c *Config) defaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
+	c.Slot.defaults()
+}
+
+func (s *Slot) defaults() {
+	if s.Bootloader == "" {
+		return
+	}
+	if s.Detect == "" {
+		s.Detect = "cmdline"
+	}
+	if s.BootAttempts == 0 {
+		s.BootAttempts = 1
+	}
+	if s.Bootloader == "grub" && s.Grubenv == "" {
+		s.Grubenv = "/boot/grub/grubenv"
+	}
+	if s.RebootTimeout.Duration == 0 {
+		s.RebootTimeout.Duration = 10 * time.Minute
+	}
+}
+
+// validate refuses a slot setup that would fail mid-update (after the payload was written).
+func (s *Slot) validate() []error {
+	if s.Bootloader == "" {
+		return nil
+	}
+	var errs []error
+	switch s.Bootloader {
+	case "uboot", "grub":
+	case "file":
+		if !filepath.IsAbs(s.EnvFile) {
+			errs = append(errs, fmt.Errorf("slot.env_file %q must be an absolute path for bootloader file", s.EnvFile))
+		}
+	case "command":
+		if len(s.EnvGet) == 0 || len(s.EnvSet) == 0 {
+			errs = append(errs, errors.New("slot.env_get and slot.env_set are required for bootloader command"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("slot.bootloader %q is not uboot, grub, file or command", s.Bootloader))
+	}
+	if s.A == "" || s.B == "" || s.A == s.B {
+		errs = append(errs, fmt.Errorf("slot.a and slot.b must name two different devices (got %q, %q)", s.A, s.B))
+	}
+	if len(s.Reboot) == 0 {
+		errs = append(errs, errors.New("slot.reboot (the argv that reboots the device) is required"))
+	}
+	if s.Detect != "cmdline" && s.Detect != "root" {
+		errs = append(errs, fmt.Errorf("slot.detect %q is not cmdline or root", s.Detect))
+	}
+	if s.BootAttempts < 1 || s.BootAttempts > 9 {
+		errs = append(errs, fmt.Errorf("slot.boot_attempts %d outside 1–9", s.BootAttempts))
+	}
+	return errs
 }
 
 var thingName = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
@@ -235,6 +308,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("jobs.progress_every_percent %d outside 1–100", c.Jobs.ProgressEvery))
 	}
 	errs = append(errs, c.Swap.validate()...)
+	errs = append(errs, c.Slot.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -1,0 +1,363 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"time"
+
+	"github.com/fieldota/fieldota/agent/config"
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/ota/health"
+	"github.com/fieldota/fieldota/ota/jobdoc"
+	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/ota/slot"
+)
+
+// The slot target (docs/ab-slots.md): the payload streams straight into the inactive slot
+// during the download; install re-reads and re-hashes it, then asks the bootloader for one
+// trial boot and reboots; the agent, started again, finds out where it runs: in the new slot
+// it runs the health checks and commits; otherwise the bootloader gave up (BOOT_FAILED). A
+// failed health check marks the new slot bad and reboots into the old one. Every handler
+// first looks at what runs and what the bootloader environment says, so re-entering any state
+// after a kill or a power cut does the right thing. The installed version is recorded only
+// at commit.
+func init() {
+	registerFlow(jobdoc.TargetSlot, func(a *Agent) flow {
+		s := &slotFlow{a: a, cfg: a.cfg.Slot}
+		return flow{
+			handlers: map[ota.State]ota.Handler{
+				ota.StateInstall:  s.install,
+				ota.StateReboot:   s.reboot,
+				ota.StateSelftest: s.selftest,
+				ota.StateCommit:   s.commit,
+				ota.StateRollback: s.rollback,
+			},
+			ready: s.ready,
+			sink:  s.sink,
+		}
+	})
+}
+
+type slotFlow struct {
+	a   *Agent
+	cfg config.Slot
+}
+
+func (s *slotFlow) ready() error {
+	if s.cfg.Bootloader == "" || s.cfg.A == "" || s.cfg.B == "" {
+		return reason.Errorf(reason.UnsupportedOperation, "slot jobs are disabled on this device (slot.bootloader, slot.a and slot.b are not configured)")
+	}
+	return nil
+}
+
+// bootloader builds the configured environment backend.
+func (s *slotFlow) bootloader() slot.Bootloader {
+	switch s.cfg.Bootloader {
+	case "grub":
+		return slot.Grub{File: s.cfg.Grubenv}
+	case "file":
+		return slot.File{Path: s.cfg.EnvFile}
+	case "command":
+		return slot.Command{GetArgv: s.cfg.EnvGet, SetArgv: s.cfg.EnvSet}
+	default:
+		return slot.UBoot{Config: s.cfg.FwEnvConfig}
+	}
+}
+
+func (s *slotFlow) pair() slot.Pair { return slot.Pair{A: s.cfg.A, B: s.cfg.B} }
+
+func (s *slotFlow) booted() (string, error) {
+	name, err := slot.Detect{Pair: s.pair(), Mode: s.cfg.Detect, Cmdline: s.cfg.Cmdline, Root: s.cfg.RootPath}.Booted()
+	if err != nil {
+		return "", reason.Wrap(reason.InstallFailed, err)
+	}
+	return name, nil
+}
+
+// sink picks the inactive slot, proves the bootloader environment readable and writable (the
+// canary) and opens the slot for the download to write into directly.
+func (s *slotFlow) sink(j *ota.Journal, i int) (sinkCloser, error) {
+	ctx := context.Background() // the tools run under their own timeout
+	if i != 0 {
+		return nil, reason.Errorf(reason.InvalidDocument, "a slot job carries exactly one file")
+	}
+	booted, err := s.booted()
+	if err != nil {
+		return nil, err
+	}
+	bl := s.bootloader()
+	st, err := slot.ReadStatus(ctx, bl)
+	if err != nil {
+		return nil, err
+	}
+	// The environment must boot what runs, with no trial pending: anything else means it is
+	// not the environment the bootloader uses, and a trial set now could boot the wrong slot.
+	if err := slot.CheckBooted(st, booted); err != nil {
+		return nil, err
+	}
+	target := slot.Other(booted)
+	if j.Slot != "" && j.Slot != target {
+		return nil, reason.Errorf(reason.InstallFailed, "the journal writes slot %s but the device booted it", j.Slot)
+	}
+	if err := slot.Canary(ctx, bl, target); err != nil {
+		return nil, err
+	}
+	j.Slot = target
+	if j.Data == nil {
+		j.Data = map[string]string{}
+	}
+	j.Data["bootedSlot"] = booted
+	path := s.pair().Path(target)
+	f, err := slot.OpenTarget(path, j.Staged[i].Size)
+	if err != nil {
+		return nil, err
+	}
+	// Verification and the read-back find the payload where it was written.
+	j.Staged[i].Path = path
+	s.a.log.Info("downloading into the inactive slot", "job", j.JobID, "slot", target, "device", path)
+	return f, nil
+}
+
+func (s *slotFlow) details(j *ota.Journal, stage string, extra map[string]string) map[string]string {
+	d := details(j, stage, extra)
+	if j.Slot != "" {
+		d["slot"] = j.Slot
+	}
+	return d
+}
+
+// fail records FAILED for err at stage.
+func (s *slotFlow) fail(j *ota.Journal, stage string, err error, extra map[string]string) ota.Event {
+	d := map[string]string{"stage": stage}
+	if j.Slot != "" {
+		d["slot"] = j.Slot
+	}
+	for k, v := range extra {
+		d[k] = v
+	}
+	return ota.Fail(j, err, d)
+}
+
+func (s *slotFlow) install(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	if ev, err := s.a.inProgress(ctx, j, s.details(j, "install", nil)); ev != "" || err != nil {
+		return ev, err
+	}
+	if j.Slot == "" || len(j.Staged) != 1 {
+		return s.fail(j, "install", reason.Errorf(reason.Internal, "no slot was written"), nil), nil
+	}
+	booted, err := s.booted()
+	if err != nil {
+		return s.fail(j, "install", err, nil), nil
+	}
+	bl := s.bootloader()
+	st, err := slot.ReadStatus(ctx, bl)
+	if err != nil {
+		return s.fail(j, "install", err, nil), nil
+	}
+	switch {
+	case st.Slot == j.Slot && st.Try:
+		// The trial was set before a kill; whether or not the device rebooted since, the
+		// reboot state sorts it out.
+		return ota.EvReboot, nil
+	case booted != j.Slot && st.Bad[j.Slot]:
+		// The canary cleared this mark when the download began: the bootloader has tried
+		// the slot during this job (a power cut right after the switch) and given up.
+		return s.rolledBack(j, "install", reason.Errorf(reason.BootFailed, "the bootloader gave up on slot %s and booted slot %s again", j.Slot, booted)), nil
+	}
+	if err := slot.CheckBooted(st, booted); err != nil {
+		return s.fail(j, "install", err, nil), nil
+	}
+	if booted == j.Slot {
+		return s.fail(j, "install", reason.Errorf(reason.Internal, "refusing to install into the running slot %s", booted), nil), nil
+	}
+	stg := j.Staged[0]
+	if err := slot.ReadBack(ctx, s.pair().Path(j.Slot), stg.Size, stg.SHA256); err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		// The environment is untouched: the device keeps booting the old slot.
+		return s.fail(j, "install", err, nil), nil
+	}
+	if err := slot.TryBoot(ctx, bl, j.Slot, s.cfg.BootAttempts); err != nil {
+		return s.fail(j, "install", err, nil), nil
+	}
+	s.a.log.Info("slot written and verified; trial boot set", "job", j.JobID, "slot", j.Slot)
+	return ota.EvReboot, nil
+}
+
+// reboot runs before and after the reboot: in the new slot the probation begins; in the old
+// one with the trial still pending the reboot has not happened yet; otherwise the bootloader
+// fell back.
+func (s *slotFlow) reboot(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	booted, err := s.booted()
+	if err != nil {
+		return s.fail(j, "reboot", err, nil), nil
+	}
+	if booted == j.Slot {
+		s.a.log.Info("running the new slot", "job", j.JobID, "slot", booted)
+		return ota.EvOK, nil
+	}
+	st, err := slot.ReadStatus(ctx, s.bootloader())
+	if err != nil {
+		return s.fail(j, "reboot", err, nil), nil
+	}
+	if st.Slot == j.Slot && st.Try {
+		if ev, err := s.a.inProgress(ctx, j, s.details(j, "reboot", nil)); ev != "" || err != nil {
+			return ev, err
+		}
+		return "", s.requestReboot(ctx, j)
+	}
+	return s.rolledBack(j, "reboot", reason.Errorf(reason.BootFailed, "slot %s did not boot: the bootloader gave up and booted slot %s", j.Slot, booted)), nil
+}
+
+// requestReboot runs the configured reboot argv and waits to be stopped by it. It returns only
+// when the agent is shutting down (the reboot) or, after reboot_timeout, with an error, so that
+// the state runs again at the next start.
+func (s *slotFlow) requestReboot(ctx context.Context, j *ota.Journal) error {
+	s.a.log.Info("rebooting", "job", j.JobID, "argv", s.cfg.Reboot)
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	out, err := exec.CommandContext(rctx, s.cfg.Reboot[0], s.cfg.Reboot[1:]...).CombinedOutput()
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		s.a.log.Error("reboot command failed", "argv", s.cfg.Reboot, "err", err, "output", string(out))
+	}
+	t := time.NewTimer(s.cfg.RebootTimeout.Duration)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("asked for a reboot %s ago and still running", s.cfg.RebootTimeout.Duration)
+	}
+}
+
+// probationGone handles a restart that found the device out of the new slot after it had
+// booted it: the bootloader counted the restart as a failed trial and fell back.
+func (s *slotFlow) probationGone(j *ota.Journal, stage, booted string) ota.Event {
+	return s.fail(j, stage, reason.Errorf(reason.BootFailed, "the device restarted into slot %s before slot %s was committed: the bootloader fell back", booted, j.Slot), nil)
+}
+
+func (s *slotFlow) selftest(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	booted, err := s.booted()
+	if err != nil {
+		return s.fail(j, "selftest", err, nil), nil
+	}
+	if booted != j.Slot {
+		return s.probationGone(j, "selftest", booted), nil
+	}
+	h := s.a.cfg.Health
+	// Everything, reaching the service included, must succeed within the health timeout: a
+	// new slot that cannot get back to the broker is rolled back like Mender's.
+	pctx, cancel := context.WithTimeout(ctx, h.Timeout.Duration)
+	defer cancel()
+	ev, err := s.a.inProgress(pctx, j, s.details(j, "selftest", nil))
+	if err != nil && ctx.Err() == nil {
+		return s.fail(j, "selftest", reason.Errorf(reason.HealthCheckFailed, "the Jobs service was not reachable within %s from the new slot", h.Timeout.Duration), nil), nil
+	}
+	if err != nil || ev != "" {
+		return ev, err
+	}
+	deadline, _ := pctx.Deadline()
+	err = health.Wait(pctx, health.Checks{
+		Commands: h.Commands, URL: h.URL, Units: h.Units,
+		Timeout: time.Until(deadline), Interval: h.Interval.Duration,
+		Probes: []health.Probe{{Name: "broker", Check: func(ctx context.Context) error {
+			_, err := s.a.api.Describe(ctx, jobs.DescribeInput{JobID: j.JobID, ExecutionNumber: j.ExecutionNumber})
+			return err
+		}}},
+	})
+	if ctx.Err() != nil {
+		return "", ctx.Err()
+	}
+	if err != nil {
+		if pctx.Err() != nil {
+			err = reason.Wrap(reason.HealthCheckFailed, err)
+		}
+		s.a.log.Warn("health check failed; rolling back", "job", j.JobID, "slot", j.Slot, "err", err)
+		return s.fail(j, "selftest", err, nil), nil
+	}
+	return ota.EvOK, nil
+}
+
+func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	booted, err := s.booted()
+	if err != nil {
+		return s.fail(j, "commit", err, nil), nil
+	}
+	if booted != j.Slot {
+		return s.probationGone(j, "commit", booted), nil
+	}
+	switch ev, err := s.a.inProgress(ctx, j, s.details(j, "commit", nil)); {
+	case err != nil:
+		return "", err
+	case ev == ota.EvCancel:
+		// Canceled during probation: the old software goes back, as for any failure.
+		return s.fail(j, "commit", reason.Errorf(reason.Canceled, "the execution was canceled before the commit"), nil), nil
+	case ev != "":
+		return ev, nil
+	}
+	if err := slot.Commit(ctx, s.bootloader(), j.Slot); err != nil {
+		return s.fail(j, "commit", err, nil), nil
+	}
+	if err := recordInstalled(s.a.cfg.StateDir, string(jobdoc.TargetSlot), j.Version); err != nil {
+		// The bootloader boots the new slot for good already; only the record is missing,
+		// and a retry of this idempotent state writes it.
+		return "", fmt.Errorf("recording the installed version: %w", err)
+	}
+	s.a.log.Info("slot committed", "job", j.JobID, "slot", j.Slot, "version", j.Version)
+	j.Report = &ota.Report{Status: string(jobs.Succeeded), Details: s.details(j, "done", nil)}
+	return ota.EvOK, nil
+}
+
+// rollback puts the old slot back: from the new slot it marks the new one bad, switches the
+// bootloader back and reboots; from the old slot it makes sure the environment boots it and
+// reports.
+func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, _ = s.a.inProgress(rctx, j, s.details(j, "rollback", nil)) // best effort: rolling back comes first
+	cancel()
+	if ctx.Err() != nil {
+		return "", ctx.Err()
+	}
+	if j.Report == nil {
+		ota.Fail(j, reason.Errorf(reason.Canceled, "the execution ended before slot %s was committed", j.Slot), map[string]string{"stage": "rollback"})
+	}
+	booted, err := s.booted()
+	if err != nil {
+		return s.giveUp(j, err), nil
+	}
+	old := slot.Other(j.Slot)
+	bl := s.bootloader()
+	if booted == j.Slot {
+		if err := slot.Revert(ctx, bl, old, j.Slot); err != nil {
+			// The trial is still pending: the bootloader falls back by itself after a reboot.
+			s.a.log.Error("could not switch the bootloader back; relying on its fallback", "err", err)
+		}
+		return "", s.requestReboot(ctx, j)
+	}
+	st, err := slot.ReadStatus(ctx, bl)
+	if err == nil && (st.Slot != old || st.Try || !st.Bad[j.Slot]) {
+		err = slot.Revert(ctx, bl, old, j.Slot)
+	}
+	if err != nil {
+		return s.giveUp(j, err), nil
+	}
+	j.Report.Details["rolledBack"] = "true"
+	j.Report.Details["runningSlot"] = old
+	s.a.log.Info("rolled back", "job", j.JobID, "slot", old)
+	return ota.EvRolledBack, nil
+}
+
+// giveUp reports a rollback that could not be verified; the first failure stays the reason.
+func (s *slotFlow) giveUp(j *ota.Journal, err error) ota.Event {
+	j.Report.Details["detail"] += "; rollback: " + err.Error()
+	return ota.EvFail
+}
+
+// rolledBack reports a failure after which the device already runs the old slot.
+func (s *slotFlow) rolledBack(j *ota.Journal, stage string, err error) ota.Event {
+	s.fail(j, stage, err, map[string]string{"rolledBack": "true", "runningSlot": slot.Other(j.Slot)})
+	return ota.EvRolledBack
+}

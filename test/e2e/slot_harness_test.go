@@ -1,0 +1,271 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fieldota/fieldota/ota/slot"
+	"github.com/fieldota/fieldota/test/bootsim"
+	"github.com/fieldota/fieldota/verify"
+	"github.com/fieldota/fieldota/verify/sign"
+)
+
+// abBoard is a device with two slots driven by bootsim: the agent's reboot argv touches a
+// marker; the board then cuts the agent down (SIGKILL, as a reboot does), runs the bootloader
+// over the real environment and starts the agent again in the slot it chose.
+type abBoard struct {
+	e      *env
+	board  *bootsim.Board
+	root   string
+	marker string
+
+	mu       sync.Mutex
+	boots    []bootsim.Boot
+	deaths   int
+	powerCut bool // an agent that dies on its own: power cut (bootloader runs) or a process restart
+	onDeath  func() // runs after an agent died on its own, before the board goes on
+	proc     *exec.Cmd
+	done     chan error
+	stop     chan struct{}
+	stopped  chan struct{}
+}
+
+type abOpts struct {
+	bootloader string // uboot | grub
+	powerCut   bool
+}
+
+func newABBoard(t *testing.T, e *env, o abOpts) *abBoard {
+	t.Helper()
+	ctx := context.Background()
+	b := &abBoard{e: e, root: filepath.Join(e.dir, "sysroot"), marker: filepath.Join(e.dir, "reboot-requested"), powerCut: o.powerCut}
+	if err := os.MkdirAll(b.root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pair := slot.Pair{A: filepath.Join(e.dir, "slot-a.img"), B: filepath.Join(e.dir, "slot-b.img")}
+	if err := os.WriteFile(pair.A, bootsim.Image("1.0.0", bootsim.ImageOpts{}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pair.B, make([]byte, 64<<10), 0o644); err != nil { // an erased partition
+		t.Fatal(err)
+	}
+	vars := slot.Env{slot.VarSlot: "a", slot.VarTry: "0", slot.VarBootCount: "0", slot.VarBootLimit: "1"}
+	var bl slot.Bootloader
+	var blCfg string
+	switch o.bootloader {
+	case "uboot":
+		u, err := bootsim.NewUBoot(ctx, e.dir, true, vars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bl, blCfg = u, fmt.Sprintf("bootloader = \"uboot\"\nfw_env_config = %q\n", u.Config)
+	case "grub":
+		g, err := bootsim.NewGrub(ctx, e.dir, vars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bl, blCfg = g, fmt.Sprintf("bootloader = \"grub\"\ngrubenv = %q\n", g.File)
+	default:
+		t.Fatalf("bootloader %q", o.bootloader)
+	}
+	b.board = &bootsim.Board{Env: bl, Slots: pair, Root: b.root}
+	// The device runs 1.0.0 from slot a, as recorded by its last commit.
+	if err := os.MkdirAll(e.stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.stateDir, "installed.json"), []byte(`{"slot": "1.0.0"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "[slot]\n%sa = %q\nb = %q\nreboot = [\"touch\", %q]\ncmdline = %q\nreboot_timeout = \"1m\"\n",
+		blCfg, pair.A, pair.B, b.marker, filepath.Join(b.root, bootsim.CmdlineFile))
+	fmt.Fprintf(f, "[health]\ncommands = [[\"grep\", \"-qx\", \"ok\", %q]]\ntimeout = \"3s\"\ninterval = \"100ms\"\n",
+		filepath.Join(b.root, bootsim.HealthFile))
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// powerOn boots the board and starts the agent (with extraEnv on this first start only), then
+// plays reboots and deaths until the test ends.
+func (b *abBoard) powerOn(t *testing.T, extraEnv ...string) {
+	t.Helper()
+	b.bootAndStart(t, extraEnv)
+	b.stop, b.stopped = make(chan struct{}), make(chan struct{})
+	go b.loop(t)
+	t.Cleanup(func() {
+		close(b.stop)
+		<-b.stopped
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.proc != nil {
+			_ = b.proc.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-b.done:
+			case <-time.After(10 * time.Second):
+				_ = b.proc.Process.Kill()
+				<-b.done
+			}
+		}
+	})
+}
+
+func (b *abBoard) bootAndStart(t *testing.T, extraEnv []string) {
+	bt, err := b.board.Boot(context.Background())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.boots = append(b.boots, bt)
+	if err != nil {
+		t.Errorf("boot: %v", err)
+		b.proc = nil
+		return
+	}
+	cmd := exec.Command(filepath.Join(bin, "fieldota-agent"), "run", "--config", b.e.cfgPath)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	cmd.Stdout, cmd.Stderr = b.e.agentLog, b.e.agentLog
+	fmt.Fprintf(b.e.agentLog, "=== bootsim: booted slot %s (%s), tried %v\n", bt.Slot, bt.Version, bt.Tried)
+	if err := cmd.Start(); err != nil {
+		t.Errorf("start agent: %v", err)
+		return
+	}
+	b.proc, b.done = cmd, make(chan error, 1)
+	go func(done chan error) { done <- cmd.Wait() }(b.done)
+}
+
+func (b *abBoard) loop(t *testing.T) {
+	defer close(b.stopped)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b.mu.Lock()
+		done := b.done
+		b.mu.Unlock()
+		select {
+		case <-b.stop:
+			return
+		case err := <-done:
+			// The agent died on its own (fault injection): a power cut, or systemd restarting it.
+			b.mu.Lock()
+			b.deaths++
+			b.proc, b.done = nil, nil
+			b.mu.Unlock()
+			fmt.Fprintf(b.e.agentLog, "=== bootsim: agent died (%v); power cut=%t\n", err, b.powerCut)
+			if b.onDeath != nil {
+				b.onDeath()
+			}
+			if b.powerCut {
+				b.bootAndStart(t, nil)
+			} else {
+				b.restartSameBoot(t)
+			}
+		case <-tick.C:
+			if _, err := os.Stat(b.marker); err != nil {
+				continue
+			}
+			b.mu.Lock()
+			if b.proc != nil {
+				_ = b.proc.Process.Kill()
+				<-b.done
+				b.proc, b.done = nil, nil
+			}
+			b.mu.Unlock()
+			_ = os.Remove(b.marker)
+			fmt.Fprintf(b.e.agentLog, "=== bootsim: reboot requested\n")
+			b.bootAndStart(t, nil)
+		}
+	}
+}
+
+// restartSameBoot starts the agent again without a reboot (systemd Restart=always).
+func (b *abBoard) restartSameBoot(t *testing.T) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cmd := exec.Command(filepath.Join(bin, "fieldota-agent"), "run", "--config", b.e.cfgPath)
+	cmd.Env = os.Environ()
+	cmd.Stdout, cmd.Stderr = b.e.agentLog, b.e.agentLog
+	if err := cmd.Start(); err != nil {
+		t.Errorf("restart agent: %v", err)
+		return
+	}
+	b.proc, b.done = cmd, make(chan error, 1)
+	go func(done chan error) { done <- cmd.Wait() }(b.done)
+}
+
+// powerCutNow kills the agent from outside and powers the board on again.
+func (b *abBoard) powerCutNow(t *testing.T) {
+	b.mu.Lock()
+	p, done := b.proc, b.done
+	b.mu.Unlock()
+	if p == nil {
+		t.Fatal("no agent to cut")
+	}
+	_ = p.Process.Kill() // the loop sees it die and, with powerCut, boots again
+	_ = done
+}
+
+func (b *abBoard) lastBoot() bootsim.Boot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.boots[len(b.boots)-1]
+}
+
+func (b *abBoard) env(t *testing.T) slot.Env {
+	t.Helper()
+	env, err := b.board.Env.Get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// slotDoc is a signed job document for an A/B image.
+func (d *device) slotDoc(name string, content []byte, version string) string {
+	d.t.Helper()
+	sum := sha256.Sum256(content)
+	cs, err := sign.MakeCodesign(d.key, verify.ECDSASHA256, sum[:], int64(len(content)))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	csJSON, _ := json.Marshal(cs)
+	return fmt.Sprintf(`{
+  "operation": "install",
+  "version": %q,
+  "target": "slot",
+  "files": {
+    "fileName": %q,
+    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
+    "size": %d,
+    "sha256": %q,
+    "codesign": %s
+  },
+  "compatible": ["board-rev-c"]
+}`, version, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+}
+
+// installedSlot reads the version the agent recorded at its last commit.
+func (d *device) installedSlot(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(d.stateDir, "installed.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m["slot"]
+}
