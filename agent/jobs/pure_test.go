@@ -24,6 +24,7 @@ func TestTimestampDecodesSecondsAndMilliseconds(t *testing.T) {
 		{"numeric string", `"1489096425"`, want, false},
 		{"null is absent", `null`, time.Time{}, false},
 		{"negative refused", `-5`, time.Time{}, true},
+		{"beyond int64 refused", `1e300`, time.Time{}, true},
 		{"text refused", `"yesterday"`, time.Time{}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,7 +56,7 @@ func (t *Timestamp) UnmarshalJSON(b []byte) error {
 		b = []byte(s)
 	}
 	f, err := strconv.ParseFloat(string(b), 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f >= math.MaxInt64 {
 		return fmt.Errorf("jobs: timestamp %q is not epoch seconds or milliseconds", b)
 	}
 	if f > msThreshold {
