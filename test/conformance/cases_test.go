@@ -41,6 +41,27 @@ var cases = []conformanceCase{
 		}
 	}},
 
+	{"PendingListsStopAtTenExecutions", func(f *fx) {
+		t := f.t
+		d := f.device()
+		var ids []string
+		for i := 0; i < 12; i++ {
+			ids = append(ids, f.job([]string{d.thing}))
+		}
+		p, err := d.c.GetPending(f.ctx())
+		if err != nil || len(p.InProgress)+len(p.Queued) != 10 || p.Queued[0].JobID != ids[0] || p.Queued[9].JobID != ids[9] {
+			t.Fatalf("GetPending with 12 queued: %d listed, %v; want the oldest 10", len(p.Queued), err)
+		}
+		var last jobs.JobExecutionsChanged
+		waitFor(t, "a notify listing ten", func() bool {
+			select {
+			case last = <-d.notify:
+			default:
+			}
+			return len(last.Jobs[jobs.Queued]) == 10
+		})
+	}},
+
 	{"StartNextStartsTheHeadOnceAndReportsNothingPendingWithoutExecution", func(f *fx) {
 		t := f.t
 		d := f.device()
