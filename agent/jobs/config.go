@@ -69,7 +69,7 @@ type Config struct {
 	// OnNotifyNext and OnNotify receive the notify-next and notify events, one call at a time, on a
 	// goroutine of the Client's (never paho's), so they may call the Client. Events that arrive
 	// while a callback runs are coalesced: only the latest of each kind is delivered. Treat them as
-	// hints and describe $next for the truth.
+	// hints and describe $next for the truth. Close waits for a running callback to return.
 	OnNotifyNext func(NextJobExecutionChanged)
 	OnNotify     func(JobExecutionsChanged)
 }
