@@ -336,6 +336,9 @@ func (a *Agent) restartOld(ctx context.Context, target string) error {
 // handOver ends this agent so that its supervisor starts the binary at the target, which
 // resumes the journal in the same state.
 func (a *Agent) handOver(ctx context.Context, j *ota.Journal, why string) (ota.Event, error) {
+	if ctx.Err() != nil {
+		return "", ctx.Err() // already shutting down: the next agent takes over anyway
+	}
 	a.log.Info("exiting so that the agent now installed starts", "job", j.JobID, "why", why)
 	if err := handOver(); err != nil {
 		return "", errors.Join(errors.New("hand over to the swapped agent"), err)
