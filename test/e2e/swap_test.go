@@ -156,7 +156,7 @@ probe_interval = "100ms"
 max_starts = 2
 [health]
 timeout = "2s"
-`+healthCommandsTOML(healthCommands))
+` + healthCommandsTOML(healthCommands))
 	return e, target, v1
 }
 
