@@ -32,8 +32,11 @@ type abBoard struct {
 	mu       sync.Mutex
 	boots    []bootsim.Boot
 	deaths   int
-	powerCut bool // an agent that dies on its own: power cut (bootloader runs) or a process restart
+	powerCut bool   // an agent that dies on its own: power cut (bootloader runs) or a process restart
 	onDeath  func() // runs after an agent died on its own, before the board goes on
+	// killEnv goes to every agent start: the kill marker makes the fault fire once, in
+	// whichever boot reaches the state.
+	killEnv []string
 	proc     *exec.Cmd
 	done     chan error
 	stop     chan struct{}
@@ -100,11 +103,12 @@ func newABBoard(t *testing.T, e *env, o abOpts) *abBoard {
 	return b
 }
 
-// powerOn boots the board and starts the agent (with extraEnv on this first start only), then
-// plays reboots and deaths until the test ends.
-func (b *abBoard) powerOn(t *testing.T, extraEnv ...string) {
+// powerOn boots the board and starts the agent (every start gets killEnv), then plays reboots
+// and deaths until the test ends.
+func (b *abBoard) powerOn(t *testing.T, killEnv ...string) {
 	t.Helper()
-	b.bootAndStart(t, extraEnv)
+	b.killEnv = killEnv
+	b.bootAndStart(t)
 	b.stop, b.stopped = make(chan struct{}), make(chan struct{})
 	go b.loop(t)
 	t.Cleanup(func() {
@@ -124,7 +128,7 @@ func (b *abBoard) powerOn(t *testing.T, extraEnv ...string) {
 	})
 }
 
-func (b *abBoard) bootAndStart(t *testing.T, extraEnv []string) {
+func (b *abBoard) bootAndStart(t *testing.T) {
 	bt, err := b.board.Boot(context.Background())
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -135,7 +139,7 @@ func (b *abBoard) bootAndStart(t *testing.T, extraEnv []string) {
 		return
 	}
 	cmd := exec.Command(filepath.Join(bin, "fieldota-agent"), "run", "--config", b.e.cfgPath)
-	cmd.Env = append(os.Environ(), extraEnv...)
+	cmd.Env = append(os.Environ(), b.killEnv...)
 	cmd.Stdout, cmd.Stderr = b.e.agentLog, b.e.agentLog
 	fmt.Fprintf(b.e.agentLog, "=== bootsim: booted slot %s (%s), tried %v\n", bt.Slot, bt.Version, bt.Tried)
 	if err := cmd.Start(); err != nil {
@@ -168,7 +172,7 @@ func (b *abBoard) loop(t *testing.T) {
 				b.onDeath()
 			}
 			if b.powerCut {
-				b.bootAndStart(t, nil)
+				b.bootAndStart(t)
 			} else {
 				b.restartSameBoot(t)
 			}
@@ -185,7 +189,7 @@ func (b *abBoard) loop(t *testing.T) {
 			b.mu.Unlock()
 			_ = os.Remove(b.marker)
 			fmt.Fprintf(b.e.agentLog, "=== bootsim: reboot requested\n")
-			b.bootAndStart(t, nil)
+			b.bootAndStart(t)
 		}
 	}
 }
@@ -195,7 +199,7 @@ func (b *abBoard) restartSameBoot(t *testing.T) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cmd := exec.Command(filepath.Join(bin, "fieldota-agent"), "run", "--config", b.e.cfgPath)
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), b.killEnv...)
 	cmd.Stdout, cmd.Stderr = b.e.agentLog, b.e.agentLog
 	if err := cmd.Start(); err != nil {
 		t.Errorf("restart agent: %v", err)

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,10 +138,15 @@ func TestSlotCorruptedWriteCaughtByReadBack(t *testing.T) {
 	b := newABBoard(t, e, abOpts{bootloader: "uboot", powerCut: true})
 	img := bootsim.Image("2.0.0", bootsim.ImageOpts{})
 	e.publish("rootfs.img", img)
-	var before slot.Env
+	var (
+		mu     sync.Mutex
+		before slot.Env
+	)
 	// The agent is cut down right as install begins (the payload is in slot b and verified);
 	// while it is down one byte of the slot flips.
 	b.onDeath = func() {
+		mu.Lock()
+		defer mu.Unlock()
 		before = b.env(t)
 		f, err := os.OpenFile(b.board.Slots.B, os.O_RDWR, 0)
 		if err != nil {
@@ -162,6 +168,8 @@ func TestSlotCorruptedWriteCaughtByReadBack(t *testing.T) {
 	if d := ex.StatusDetails.DetailsMap; d["stage"] != "install" {
 		t.Fatalf("failed at %v", d)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if after := b.env(t); !maps.Equal(before, after) {
 		t.Fatalf("the environment changed after a failed read-back:\nbefore %v\nafter  %v", before, after)
 	}
