@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 PKGS      := ./...
 # Fuzz targets run briefly on every `make test`: name them here as package:FuzzName.
 FUZZTIME  ?= 5s
-FUZZ      ?= ./ota/jobdoc:FuzzParseDocument ./verify:FuzzParseSignature ./verify:FuzzParseEnvelope ./verify:FuzzParseVersion ./test/jobsim:FuzzDeviceRequest
+FUZZ      ?= ./ota/jobdoc:FuzzParseDocument ./verify:FuzzParseSignature ./verify:FuzzParseEnvelope ./verify:FuzzParseVersion ./test/jobsim:FuzzDeviceRequest ./agent/jobs:FuzzInbound
 
 .PHONY: all build test unit fuzz lint demo bench deps clean
 
