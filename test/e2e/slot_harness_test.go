@@ -37,10 +37,10 @@ type abBoard struct {
 	// killEnv goes to every agent start: the kill marker makes the fault fire once, in
 	// whichever boot reaches the state.
 	killEnv []string
-	proc     *exec.Cmd
-	done     chan error
-	stop     chan struct{}
-	stopped  chan struct{}
+	proc    *exec.Cmd
+	done    chan error
+	stop    chan struct{}
+	stopped chan struct{}
 }
 
 type abOpts struct {
