@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,68 +23,115 @@ import (
 // and acts only while a self-update is in flight: it counts the starts of the new agent that
 // have not passed probation, and past swap.max_starts it puts the old agent back and leaves the
 // journal in rollback, so that the old agent reports FAILED HEALTH_CHECK_FAILED rolledBack=true.
+//
+// With --overdue (from a timer, not before a start) it counts nothing and instead gives up on
+// a new agent whose probation is long overdue — one that hangs rather than exits — and then
+// restarts the agent's unit so that the restored old agent runs.
 func newRecoverCmd(cfgPath *string) *cobra.Command {
-	return &cobra.Command{
+	var overdue bool
+	var unit string
+	cmd := &cobra.Command{
 		Use:   "recover",
 		Short: "before a start: restore the previous agent if a self-update cannot come up (offline)",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return recoverSelf(cmd.OutOrStdout(), *cfgPath) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			restored, err := recoverSelf(cmd.OutOrStdout(), *cfgPath, overdue, time.Now())
+			if err != nil || !restored || unit == "" {
+				return err
+			}
+			// The hung new agent is still running: restart the unit so the old one takes over.
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, "systemctl", "restart", "--no-block", unit).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("systemctl restart %s: %w (%s)", unit, err, out)
+			}
+			return nil
+		},
 	}
+	cmd.Flags().BoolVar(&overdue, "overdue", false, "give up on a new agent whose probation is overdue (it hangs); do not count a start")
+	cmd.Flags().StringVar(&unit, "restart-unit", "", "after restoring, restart this systemd unit (with --overdue)")
+	return cmd
 }
 
-func recoverSelf(w io.Writer, cfgPath string) error {
+// overdueAfter is how long a probation can legitimately take after the journal's last save:
+// reporting selftest, the first healthy round and the last one each within health.timeout,
+// the probation window, and the restart.
+func overdueAfter(cfg *config.Config) time.Duration {
+	return 3*cfg.Health.Timeout.Duration + cfg.Swap.Probation.Duration + cfg.Swap.RestartTimeout.Duration
+}
+
+// recoverSelf returns whether it restored the previous agent.
+func recoverSelf(w io.Writer, cfgPath string, overdue bool, now time.Time) (bool, error) {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
-		return err
+		return false, err
 	}
 	st := &ota.Store{Dir: cfg.StateDir}
 	j, err := st.Load()
 	if errors.Is(err, ota.ErrNoJournal) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Keys written by the binary flow (agent/swap.go) before it swaps anything.
 	target := j.Data["swap.target"]
 	if j.Target != "binary" || j.Data["swap.self"] != "true" || target == "" || len(j.Staged) != 1 {
-		return nil
+		return false, nil
 	}
 	sum, err := hex.DecodeString(j.Staged[0].SHA256)
 	if err != nil {
-		return fmt.Errorf("journal digest: %w", err)
+		return false, fmt.Errorf("journal digest: %w", err)
 	}
 	switch j.State {
 	case ota.StateInstall, ota.StateSelftest:
 		isNew, err := swap.HasDigest(target, sum)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !isNew {
-			return nil // not swapped yet: the old agent goes on with the install
+			return false, nil // not swapped yet: the old agent goes on with the install
 		}
-		n, err := swap.CountStart(cfg.StateDir)
-		if err != nil {
-			return err
-		}
-		if n <= cfg.Swap.MaxStarts {
-			fmt.Fprintf(w, "recover: start %d of %d of the new agent %s on probation\n", n, cfg.Swap.MaxStarts, j.Version)
-			return nil
+		var why string
+		if overdue {
+			late := now.Sub(j.UpdatedAt)
+			if late <= overdueAfter(cfg) {
+				return false, nil
+			}
+			why = fmt.Sprintf("the new agent %s did not finish probation in %s", j.Version, late.Round(time.Second))
+		} else {
+			n, err := swap.CountStart(cfg.StateDir)
+			if err != nil {
+				return false, err
+			}
+			if n <= cfg.Swap.MaxStarts {
+				fmt.Fprintf(w, "recover: start %d of %d of the new agent %s on probation\n", n, cfg.Swap.MaxStarts, j.Version)
+				return false, nil
+			}
+			why = fmt.Sprintf("the new agent %s did not pass probation in %d starts", j.Version, cfg.Swap.MaxStarts)
 		}
 		// Decide, persist, then act: if we die during the restore, the next run sees rollback.
-		ota.Fail(j, reason.Errorf(reason.HealthCheckFailed, "the new agent %s did not pass probation in %d starts; the previous agent is restored", j.Version, cfg.Swap.MaxStarts),
+		ota.Fail(j, reason.Errorf(reason.HealthCheckFailed, "%s; the previous agent is restored", why),
 			map[string]string{"stage": "selftest", "version": j.Version, "previousVersion": j.PreviousVersion})
 		j.State = ota.StateRollback
 		if err := st.Save(j); err != nil {
-			return err
+			return false, err
 		}
 	case ota.StateRollback:
 	default:
-		return nil
+		return false, nil
+	}
+	isNew, err := swap.HasDigest(target, sum)
+	if err != nil {
+		return false, err
+	}
+	if !isNew {
+		return false, nil
 	}
 	if err := swap.Restore(target, sum); err != nil {
-		return err
+		return false, err
 	}
 	fmt.Fprintf(w, "recover: previous agent restored at %s\n", target)
-	return nil
+	return true, nil
 }

@@ -23,17 +23,19 @@ import (
 )
 
 // Agent builds for the self-update tests, next to the v1 agent TestMain builds ("dev"): a 2.0,
-// and a 2.0 that crashes at start because of how it was built (recover_faultinject.go).
+// a 2.0 that crashes at start and one that hangs at start, because of how they were built
+// (cmd/fieldota-agent/recover_faultinject.go).
 var (
 	agentBuilds    sync.Once
 	agentBuildsErr error
 )
 
-func buildAgentVariants(t *testing.T) (v2, crash string) {
+func buildAgentVariants(t *testing.T) (v2, crash, hang string) {
 	t.Helper()
-	v2, crash = filepath.Join(bin, "fieldota-agent-2.0"), filepath.Join(bin, "fieldota-agent-crash")
+	v2, crash, hang = filepath.Join(bin, "fieldota-agent-2.0"), filepath.Join(bin, "fieldota-agent-crash"), filepath.Join(bin, "fieldota-agent-hang")
 	agentBuilds.Do(func() {
-		for out, ldflags := range map[string]string{v2: "-X main.version=2.0", crash: "-X main.version=2.0 -X main.crashOnStart=true"} {
+		for out, ldflags := range map[string]string{v2: "-X main.version=2.0", crash: "-X main.version=2.0 -X main.crashOnStart=true",
+			hang: "-X main.version=2.0 -X main.hangOnStart=true"} {
 			cmd := exec.Command("go", "build", "-tags", "faultinject", "-ldflags", ldflags, "-o", out, "github.com/fieldota/fieldota/cmd/fieldota-agent")
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if b, err := cmd.CombinedOutput(); err != nil {
@@ -45,7 +47,7 @@ func buildAgentVariants(t *testing.T) (v2, crash string) {
 	if agentBuildsErr != nil {
 		t.Fatal(agentBuildsErr)
 	}
-	return v2, crash
+	return v2, crash, hang
 }
 
 func mustRead(t *testing.T, p string) []byte {
@@ -208,6 +210,7 @@ func (s *supervisor) loop(ctx context.Context, env []string) {
 			s.starts++
 			s.cur = cmd
 			s.mu.Unlock()
+			_ = os.WriteFile(s.pidFile(), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 			waited := make(chan error, 1)
 			go func() { waited <- cmd.Wait() }()
 			select {
@@ -243,6 +246,9 @@ func (s *supervisor) running() int {
 	}
 	return s.cur.Process.Pid
 }
+
+// pidFile holds the pid of the agent now running (for a fake systemctl that restarts it).
+func (s *supervisor) pidFile() string { return filepath.Join(s.d.dir, "agent.pid") }
 
 func (s *supervisor) startCount() int { s.mu.Lock(); defer s.mu.Unlock(); return s.starts }
 

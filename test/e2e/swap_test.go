@@ -153,6 +153,7 @@ func selfUpdateEnv(t *testing.T, healthCommands ...string) (*env, string, []byte
 self = true
 probation = "1s"
 probe_interval = "100ms"
+restart_timeout = "1s"
 max_starts = 2
 [health]
 timeout = "2s"
@@ -171,7 +172,7 @@ func agentVersion(t *testing.T, path string) string {
 
 func TestAgentUpdatesItself(t *testing.T) {
 	t.Parallel()
-	v2Path, _ := buildAgentVariants(t)
+	v2Path, _, _ := buildAgentVariants(t)
 	e, target, _ := selfUpdateEnv(t)
 	v2 := mustRead(t, v2Path)
 	e.publish("fieldota-agent", v2)
@@ -210,7 +211,7 @@ func TestAgentUpdatesItself(t *testing.T) {
 // agent and leaves the journal in rollback; the old agent reports the rollback.
 func TestAgentUpdatingItselfToACrashingBuildIsReverted(t *testing.T) {
 	t.Parallel()
-	_, crashPath := buildAgentVariants(t)
+	_, crashPath, _ := buildAgentVariants(t)
 	e, target, v1 := selfUpdateEnv(t)
 	bad := mustRead(t, crashPath)
 	e.publish("fieldota-agent", bad)
@@ -246,7 +247,7 @@ func TestAgentUpdatingItselfToACrashingBuildIsReverted(t *testing.T) {
 // swap done, and completes probation itself.
 func TestAgentKilledRightAfterReplacingItselfFinishesAsTheNewAgent(t *testing.T) {
 	t.Parallel()
-	v2Path, _ := buildAgentVariants(t)
+	v2Path, _, _ := buildAgentVariants(t)
 	e, target, _ := selfUpdateEnv(t)
 	v2 := mustRead(t, v2Path)
 	e.publish("fieldota-agent", v2)
@@ -278,7 +279,7 @@ func healthCommandsTOML(argv []string) string {
 // agent, started again, reports the rollback.
 func TestNewAgentFailingProbationHandsBackToTheOldOne(t *testing.T) {
 	t.Parallel()
-	v2Path, _ := buildAgentVariants(t)
+	v2Path, _, _ := buildAgentVariants(t)
 	e, target, v1 := selfUpdateEnv(t, "false")
 	v2 := mustRead(t, v2Path)
 	e.publish("fieldota-agent", v2)
@@ -299,4 +300,63 @@ func TestNewAgentFailingProbationHandsBackToTheOldOne(t *testing.T) {
 	if v := agentVersion(t, target); strings.Contains(v, "2.0") {
 		t.Fatalf("agent at the target says %q", v)
 	}
+}
+
+// TestNewAgentThatHangsAtStartIsRevertedByTheOverdueCheck: a new agent that neither exits nor
+// reports is never restarted by systemd, so no start is counted. The timer-driven
+// `recover --overdue --restart-unit` (scripts/fieldota-agent-recover.timer) gives up on it once
+// probation is long overdue, restores the old agent and restarts the unit (here a fake
+// systemctl that kills the hung process; the supervisor starts the binary at the target again).
+func TestNewAgentThatHangsAtStartIsRevertedByTheOverdueCheck(t *testing.T) {
+	t.Parallel()
+	_, _, hangPath := buildAgentVariants(t)
+	e, target, v1 := selfUpdateEnv(t)
+	bad := mustRead(t, hangPath)
+	e.publish("fieldota-agent", bad)
+	e.createJob("self", e.binaryDoc("fieldota-agent", bad, "2.0"))
+	s := e.supervise(target)
+
+	fake := filepath.Join(e.dir, "fakebin")
+	if err := os.MkdirAll(fake, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	systemctl := "#!/bin/sh\n# systemctl restart --no-block <unit>: stop the running agent; the supervisor restarts it\nkill -KILL \"$(cat " + s.pidFile() + ")\"\n"
+	if err := os.WriteFile(filepath.Join(fake, "systemctl"), []byte(systemctl), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the hung agent to be started", func() bool { return s.startCount() >= 2 })
+	deadline := time.Now().Add(60 * time.Second)
+	restored := 0
+	for {
+		ex, err := e.sim.DescribeJobExecution("self", thing, 0)
+		if err == nil && ex.Status != "IN_PROGRESS" && ex.Status != "QUEUED" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not terminal: %+v", ex)
+		}
+		// The timer's run: from the previous agent, while it is there.
+		if prev := swap.BackupPath(target); fileExists(prev) {
+			cmd := exec.Command(prev, "recover", "--overdue", "--restart-unit", "fieldota-agent.service", "--config", e.cfgPath)
+			cmd.Env = append(os.Environ(), "PATH="+fake+":"+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("recover --overdue: %v %s", err, out)
+			}
+			if strings.Contains(string(out), "restored") {
+				restored++
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	ex := e.waitTerminal("self", time.Second)
+	d := ex.StatusDetails.DetailsMap
+	if ex.Status != "FAILED" || d["reason"] != "HEALTH_CHECK_FAILED" || d["rolledBack"] != "true" || !strings.Contains(d["detail"], "did not finish probation") {
+		t.Fatalf("%s %v", ex.Status, d)
+	}
+	if restored != 1 {
+		t.Fatalf("recover --overdue restored %d times", restored)
+	}
+	assertWorking(t, target, v1)
+	e.waitFor("the old agent to run", func() bool { return swap.Runs(s.running(), target) == nil })
 }
