@@ -264,8 +264,8 @@ func (s *Slot) validate() []error {
 	if s.Detect != "cmdline" && s.Detect != "root" {
 		errs = append(errs, fmt.Errorf("slot.detect %q is not cmdline or root", s.Detect))
 	}
-	if s.BootAttempts < 1 || s.BootAttempts > 9 {
-		errs = append(errs, fmt.Errorf("slot.boot_attempts %d outside 1–9", s.BootAttempts))
+	if s.BootAttempts < 1 || s.BootAttempts > 8 {
+		errs = append(errs, fmt.Errorf("slot.boot_attempts %d outside 1–8 (the boot scripts count in one digit)", s.BootAttempts))
 	}
 	return errs
 }
