@@ -42,8 +42,8 @@ func init() {
 
 // Journal Data keys of the binary target, written before the swap touches anything.
 const (
-	dataSwapTarget = "swap.target" // the resolved path swapped
-	dataSwapSelf   = "swap.self"   // "true" when it is the agent's own binary
+	dataSwapTarget = swap.JournalTarget
+	dataSwapSelf   = swap.JournalSelf
 )
 
 // ownExe is the agent's executable, resolved once: after a swap /proc/self/exe of the old

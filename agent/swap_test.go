@@ -170,3 +170,34 @@ func TestBinaryJobOnADeviceWithoutSwapTargetIsRejected(t *testing.T) {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
 }
+
+// TestKeptPreviousBinaryIsReplacedByTheNextSwap: with keep_old the backup survives the commit,
+// and the next job backs up the binary it replaces, not the stale one.
+func TestKeptPreviousBinaryIsReplacedByTheNextSwap(t *testing.T) {
+	h := newHarness(t)
+	m := newManagedApp(t, h)
+	h.cfg.Swap.KeepOld = true
+	v1 := realBinary(t, "sleep")
+	v2 := append(realBinary(t, "sleep"), []byte("\x00fieldota v2")...)
+	v3 := append(realBinary(t, "sleep"), []byte("\x00fieldota v3")...)
+	h.publish("myapp-2", v2)
+	h.publish("myapp-3", v3)
+	h.createJob("to-2", h.binaryDoc("myapp-2", v2, "2.0"))
+	h.run()
+	if ex := h.waitTerminal("to-2"); ex.Status != "SUCCEEDED" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if !fileIs(t, swap.BackupPath(m.target), v1) {
+		t.Fatal("keep_old: v1 not kept")
+	}
+	h.createJob("to-3", h.binaryDoc("myapp-3", v3, "3.0"))
+	if ex := h.waitTerminal("to-3"); ex.Status != "SUCCEEDED" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if !fileIs(t, m.target, v3) || !fileIs(t, swap.BackupPath(m.target), v2) {
+		t.Fatal("after the second swap the target is not v3 or the backup is not v2")
+	}
+	if err := swap.Runs(m.pid(), m.target); err != nil {
+		t.Fatal(err)
+	}
+}

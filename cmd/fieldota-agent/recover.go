@@ -76,8 +76,8 @@ func recoverSelf(w io.Writer, cfgPath string, overdue bool, now time.Time) (bool
 		return false, err
 	}
 	// Keys written by the binary flow (agent/swap.go) before it swaps anything.
-	target := j.Data["swap.target"]
-	if j.Target != "binary" || j.Data["swap.self"] != "true" || target == "" || len(j.Staged) != 1 {
+	target := j.Data[swap.JournalTarget]
+	if j.Target != "binary" || j.Data[swap.JournalSelf] != "true" || target == "" || len(j.Staged) != 1 {
 		return false, nil
 	}
 	sum, err := hex.DecodeString(j.Staged[0].SHA256)

@@ -12,6 +12,13 @@ import (
 	"github.com/fieldota/fieldota/ota/durable"
 )
 
+// Journal Data keys the binary flow writes before the swap touches anything; the recovery mode
+// reads them without the agent's code.
+const (
+	JournalTarget = "swap.target" // the resolved path being swapped
+	JournalSelf   = "swap.self"   // "true" when it is the agent's own binary
+)
+
 // StartsFile counts the starts of a swapped-in agent that have not yet passed probation. The
 // recovery mode (fieldota-agent recover, run before every start) increments it; the agent
 // removes it when it commits or finishes a rollback. Too many starts means the new agent cannot

@@ -263,3 +263,27 @@ func TestStartCounter(t *testing.T) {
 		t.Fatalf("after reset %d", n)
 	}
 }
+
+func TestBinaryLargerThanTheFreeSpaceIsRefusedBeforeStaging(t *testing.T) {
+	f := newFixture(t, 0o755)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(f.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	// A sparse payload as large as the free space takes no space itself.
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if err := os.Truncate(f.staged, free); err != nil {
+		t.Fatal(err)
+	}
+	u := f.update(true)
+	u.MaxSize = free * 2
+	if err := Install(u); !errors.Is(err, reason.InsufficientSpace) {
+		t.Fatalf("err = %v, want INSUFFICIENT_SPACE", err)
+	}
+	if got := read(t, f.target); !bytes.Equal(got, f.old) {
+		t.Fatalf("target changed to %q", got)
+	}
+	if _, err := os.Lstat(NewPath(f.target)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("staging file left: %v", err)
+	}
+}
