@@ -85,6 +85,11 @@ func (a *Agent) swapTarget() (string, bool, error) {
 	if !self && len(a.cfg.Swap.Restart) == 0 {
 		return "", false, reason.Errorf(reason.UnsupportedOperation, "swap.restart is empty")
 	}
+	// The new file, the backup link and the rename all happen in the target's directory:
+	// refuse before downloading anything if we cannot write there.
+	if err := syscall.Access(filepath.Dir(rt), 2 /* W_OK */); err != nil {
+		return "", false, reason.Errorf(reason.UnsupportedOperation, "swap.target: cannot write %s: %w", filepath.Dir(rt), err)
+	}
 	return rt, self, nil
 }
 
@@ -124,6 +129,12 @@ func (a *Agent) installBinary(ctx context.Context, j *ota.Journal) (ota.Event, e
 			j.Data = map[string]string{}
 		}
 		j.Data[dataSwapTarget], j.Data[dataSwapSelf] = target, strconv.FormatBool(self)
+		if self {
+			// Starts counted for an earlier self-update that ended oddly must not count here.
+			if err := swap.ResetStarts(a.cfg.StateDir); err != nil {
+				return ota.Fail(j, reason.Wrap(reason.InstallFailed, err), map[string]string{"stage": "install"}), nil
+			}
+		}
 		// Persist what is about to be swapped before the swap: a rollback after a crash from
 		// here on knows which file to restore, and a resumed install knows it is not the first.
 		if err := a.store.Save(j); err != nil {
