@@ -128,16 +128,9 @@ func (s *slotFlow) details(j *ota.Journal, stage string, extra map[string]string
 	return d
 }
 
-// fail records FAILED for err at stage.
+// fail records FAILED for err at stage, with the version, previous version and slot.
 func (s *slotFlow) fail(j *ota.Journal, stage string, err error, extra map[string]string) ota.Event {
-	d := map[string]string{"stage": stage}
-	if j.Slot != "" {
-		d["slot"] = j.Slot
-	}
-	for k, v := range extra {
-		d[k] = v
-	}
-	return ota.Fail(j, err, d)
+	return ota.Fail(j, err, s.details(j, stage, extra))
 }
 
 func (s *slotFlow) install(ctx context.Context, j *ota.Journal) (ota.Event, error) {
@@ -248,21 +241,20 @@ func (s *slotFlow) selftest(ctx context.Context, j *ota.Journal) (ota.Event, err
 		return s.probationGone(j, "selftest", booted), nil
 	}
 	h := s.a.cfg.Health
-	// Everything, reaching the service included, must succeed within the health timeout: a
-	// new slot that cannot get back to the broker is rolled back like Mender's.
-	pctx, cancel := context.WithTimeout(ctx, h.Timeout.Duration)
-	defer cancel()
-	ev, err := s.a.inProgress(pctx, j, s.details(j, "selftest", nil))
+	// Reaching the service again is part of being healthy: a new slot that cannot get back to
+	// the broker is rolled back like Mender's, not left waiting.
+	rctx, cancel := context.WithTimeout(ctx, h.Timeout.Duration)
+	ev, err := s.a.inProgress(rctx, j, s.details(j, "selftest", nil))
+	cancel()
 	if err != nil && ctx.Err() == nil {
 		return s.fail(j, "selftest", reason.Errorf(reason.HealthCheckFailed, "the Jobs service was not reachable within %s from the new slot", h.Timeout.Duration), nil), nil
 	}
 	if err != nil || ev != "" {
 		return ev, err
 	}
-	deadline, _ := pctx.Deadline()
-	err = health.Wait(pctx, health.Checks{
+	err = health.Wait(ctx, health.Checks{
 		Commands: h.Commands, URL: h.URL, Units: h.Units,
-		Timeout: time.Until(deadline), Interval: h.Interval.Duration,
+		Timeout: h.Timeout.Duration, Interval: h.Interval.Duration,
 		Probes: []health.Probe{{Name: "broker", Check: func(ctx context.Context) error {
 			_, err := s.a.api.Describe(ctx, jobs.DescribeInput{JobID: j.JobID, ExecutionNumber: j.ExecutionNumber})
 			return err
@@ -272,9 +264,6 @@ func (s *slotFlow) selftest(ctx context.Context, j *ota.Journal) (ota.Event, err
 		return "", ctx.Err()
 	}
 	if err != nil {
-		if pctx.Err() != nil {
-			err = reason.Wrap(reason.HealthCheckFailed, err)
-		}
 		s.a.log.Warn("health check failed; rolling back", "job", j.JobID, "slot", j.Slot, "err", err)
 		return s.fail(j, "selftest", err, nil), nil
 	}
@@ -322,7 +311,7 @@ func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, err
 		return "", ctx.Err()
 	}
 	if j.Report == nil {
-		ota.Fail(j, reason.Errorf(reason.Canceled, "the execution ended before slot %s was committed", j.Slot), map[string]string{"stage": "rollback"})
+		s.fail(j, "rollback", reason.Errorf(reason.Canceled, "the execution ended before slot %s was committed", j.Slot), nil)
 	}
 	booted, err := s.booted()
 	if err != nil {

@@ -34,6 +34,9 @@ func checkAB(t *testing.T, e *env, b *abBoard, job string, w abWant) {
 	if w.rolledBack != (d["rolledBack"] == "true") {
 		t.Fatalf("rolledBack=%q, want %t (%v)", d["rolledBack"], w.rolledBack, d)
 	}
+	if d["version"] != "2.0.0" || d["previousVersion"] != "1.0.0" || d["slot"] != "b" {
+		t.Fatalf("the report does not name the update (2.0.0 over 1.0.0 into slot b): %v", d)
+	}
 	if w.status == "SUCCEEDED" && (d["version"] != w.version || d["slot"] != w.slot) {
 		t.Fatalf("SUCCEEDED with %v, want version %s slot %s", d, w.version, w.slot)
 	}
