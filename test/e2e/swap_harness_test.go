@@ -200,8 +200,8 @@ func (s *supervisor) loop(ctx context.Context, env []string) {
 			fmt.Fprintf(s.d.agentLog, "[supervisor] recover: %v %s\n", err, out)
 		}
 		cmd := exec.Command(s.target, "run", "--config", s.d.cfgPath)
+		// Every start gets env; FIELDOTA_KILL_MARKER makes an injected kill happen once.
 		cmd.Env = append(os.Environ(), env...)
-		env = nil // fault injection applies to the first start only
 		cmd.Stdout, cmd.Stderr = s.d.agentLog, s.d.agentLog
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(s.d.agentLog, "[supervisor] start: %v\n", err)

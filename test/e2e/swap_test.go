@@ -242,27 +242,39 @@ func TestAgentUpdatingItselfToACrashingBuildIsReverted(t *testing.T) {
 	}
 }
 
-// TestAgentKilledRightAfterReplacingItselfFinishesAsTheNewAgent: a power cut right after the
-// rename; the binary that starts is the new one, which finds the journal in install, sees the
-// swap done, and completes probation itself.
-func TestAgentKilledRightAfterReplacingItselfFinishesAsTheNewAgent(t *testing.T) {
-	t.Parallel()
-	v2Path, _, _ := buildAgentVariants(t)
-	e, target, _ := selfUpdateEnv(t)
-	v2 := mustRead(t, v2Path)
-	e.publish("fieldota-agent", v2)
-	e.createJob("self", e.binaryDoc("fieldota-agent", v2, "2.0"))
-	s := e.supervise(target, "FIELDOTA_KILL_AT_SWAP_STEP=replaced", "FIELDOTA_KILL_MARKER="+filepath.Join(e.dir, "killed"))
-	ex := e.waitTerminal("self", 60*time.Second)
-	if ex.Status != "SUCCEEDED" {
-		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
-	}
-	if !fileExists(filepath.Join(e.dir, "killed")) {
-		t.Fatal("the fault was not injected")
-	}
-	assertWorking(t, target, v2)
-	if err := swap.Runs(s.running(), target); err != nil {
-		t.Fatalf("the running agent is not the new one: %v", err)
+// TestAgentKilledWhileUpdatingItselfFinishesTheJob: a power cut at each step of the agent's own
+// swap and at each state around it. Whichever agent starts next (the old one before the rename,
+// the new one after it) must finish the job: SUCCEEDED, the new agent running.
+func TestAgentKilledWhileUpdatingItselfFinishesTheJob(t *testing.T) {
+	for _, kill := range []string{
+		"FIELDOTA_KILL_AT_SWAP_STEP=staged",
+		"FIELDOTA_KILL_AT_SWAP_STEP=backed-up",
+		"FIELDOTA_KILL_AT_SWAP_STEP=replaced",
+		"FIELDOTA_KILL_IN_STATE=selftest", // the old agent, before its hand-over
+		"FIELDOTA_KILL_IN_STATE=commit",   // the new agent, after its probation
+	} {
+		t.Run(strings.TrimPrefix(strings.TrimPrefix(kill, "FIELDOTA_KILL_"), "AT_SWAP_"), func(t *testing.T) {
+			t.Parallel()
+			v2Path, _, _ := buildAgentVariants(t)
+			e, target, v1 := selfUpdateEnv(t)
+			v2 := mustRead(t, v2Path)
+			e.publish("fieldota-agent", v2)
+			e.createJob("self", e.binaryDoc("fieldota-agent", v2, "2.0"))
+			marker := filepath.Join(e.dir, "killed")
+			s := e.supervise(target, kill, "FIELDOTA_KILL_MARKER="+marker)
+			e.waitFor("the kill", func() bool { return fileExists(marker) })
+			assertWorking(t, target, v1, v2)
+			ex := e.waitTerminal("self", 60*time.Second)
+			if ex.Status != "SUCCEEDED" {
+				t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+			}
+			assertWorking(t, target, v2)
+			e.waitFor("the new agent to run", func() bool { return swap.Runs(s.running(), target) == nil })
+			e.waitFor("the journal to be removed", func() bool { return !fileExists(filepath.Join(e.stateDir, ota.JournalFile)) })
+			if n := e.terminalReports("self"); n != 1 {
+				t.Fatalf("terminal status sent %d times", n)
+			}
+		})
 	}
 }
 
