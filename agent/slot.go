@@ -304,8 +304,9 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 // bootloader back and reboots; from the old slot it makes sure the environment boots it and
 // reports.
 func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, error) {
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, _ = s.a.inProgress(rctx, j, s.details(j, "rollback", nil)) // best effort: rolling back comes first
+	// Best effort and short: rolling back must not wait for a broker the new slot cannot reach.
+	rctx, cancel := context.WithTimeout(ctx, s.a.cfg.Jobs.RequestTimeout.Duration)
+	_, _ = s.a.inProgress(rctx, j, s.details(j, "rollback", nil))
 	cancel()
 	if ctx.Err() != nil {
 		return "", ctx.Err()
@@ -349,4 +350,58 @@ func (s *slotFlow) giveUp(j *ota.Journal, err error) ota.Event {
 func (s *slotFlow) rolledBack(j *ota.Journal, stage string, err error) ota.Event {
 	s.fail(j, stage, err, map[string]string{"rolledBack": "true", "runningSlot": slot.Other(j.Slot)})
 	return ota.EvRolledBack
+}
+
+// ProbationDeadline is how long the agent may take to reach the Jobs service at start before
+// the slot it runs counts as unhealthy: health.timeout while a slot job waits for its verdict
+// in the slot being tried (journal in reboot or selftest), 0 otherwise. cmd/fieldota-agent
+// bounds its first connection by it, because a new slot that cannot reach the broker would
+// otherwise wait for it forever, never judged, with its one trial boot already spent.
+func (a *Agent) ProbationDeadline() time.Duration {
+	if _, _, ok := a.slotProbation(); !ok {
+		return 0
+	}
+	return a.cfg.Health.Timeout.Duration
+}
+
+// slotProbation returns the journal of a slot job on probation in the slot being tried.
+func (a *Agent) slotProbation() (*ota.Journal, *slotFlow, bool) {
+	j, err := a.store.Load()
+	if err != nil || j.Target != string(jobdoc.TargetSlot) || (j.State != ota.StateReboot && j.State != ota.StateSelftest) {
+		return nil, nil, false
+	}
+	s := &slotFlow{a: a, cfg: a.cfg.Slot}
+	if s.ready() != nil {
+		return nil, nil, false
+	}
+	if booted, err := s.booted(); err != nil || booted != j.Slot {
+		return nil, nil, false
+	}
+	return j, s, true
+}
+
+// FailProbationOffline fails the probation of the slot being tried when the Jobs service could
+// not be reached within ProbationDeadline: it records FAILED HEALTH_CHECK_FAILED, moves the
+// journal to rollback, switches the bootloader back to the old slot (marking the new one bad)
+// and reboots. It returns when the agent is stopped by the reboot (or after reboot_timeout);
+// the agent started in the old slot then reports the rollback once it is connected. Without a
+// slot on probation it does nothing.
+func (a *Agent) FailProbationOffline(ctx context.Context) error {
+	j, s, ok := a.slotProbation()
+	if !ok {
+		return nil
+	}
+	a.log.Warn("the Jobs service was not reachable from the new slot; rolling back", "job", j.JobID, "slot", j.Slot, "timeout", a.cfg.Health.Timeout.Duration)
+	s.fail(j, "selftest", reason.Errorf(reason.HealthCheckFailed, "the Jobs service was not reachable within %s from slot %s", a.cfg.Health.Timeout.Duration, j.Slot), nil)
+	// The same step the machine takes on selftest's EvFail, persisted before it runs.
+	j.State = ota.StateRollback
+	j.Transitions++
+	if err := a.store.Save(j); err != nil {
+		return err
+	}
+	if err := slot.Revert(ctx, s.bootloader(), slot.Other(j.Slot), j.Slot); err != nil {
+		// The trial is spent: the bootloader falls back on the next boot by itself.
+		a.log.Error("could not switch the bootloader back; relying on its fallback", "err", err)
+	}
+	return s.requestReboot(ctx, j)
 }

@@ -242,3 +242,51 @@ func TestSlotEnvironmentNotBootingTheRunningSlotRefusesTheInstall(t *testing.T) 
 		t.Fatal("slot b was written")
 	}
 }
+
+// TestSlotNewSlotThatCannotReachTheBrokerIsRolledBack: the new slot boots but its agent never
+// gets through to the Jobs service (a broken network in the image). Reaching the service is
+// part of the probation: after health.timeout the agent, still offline, marks the slot bad,
+// switches back and reboots; in the old slot it reports FAILED HEALTH_CHECK_FAILED rolledBack.
+func TestSlotNewSlotThatCannotReachTheBrokerIsRolledBack(t *testing.T) {
+	env := fileEnv(t, slot.Env{slot.VarSlot: "a", slot.VarTry: "0"})
+	r := newSlotRig(t, env, config.Slot{Bootloader: "file", EnvFile: env.Path})
+	r.job("ab", bootsim.Image("2.0.0", bootsim.ImageOpts{}), "2.0.0")
+	stop := r.boot(nil)
+	r.h.waitFor("the reboot request", r.rebootRequested)
+	stop()
+	_ = os.Remove(r.marker)
+
+	// In the old slot, or with no journal, nothing is on probation.
+	idle := New(Options{Config: r.h.cfg})
+	if d := idle.ProbationDeadline(); d != 0 {
+		t.Fatalf("probation deadline %s before the reboot", d)
+	}
+	if _, err := r.board.Boot(context.Background()); err != nil { // the trial boot of b
+		t.Fatal(err)
+	}
+	// What cmd/fieldota-agent does when its first connection does not come within the deadline.
+	a := New(Options{Config: r.h.cfg, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if d := a.ProbationDeadline(); d != r.h.cfg.Health.Timeout.Duration {
+		t.Fatalf("probation deadline %s in the new slot, want health.timeout", d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.FailProbationOffline(ctx) }()
+	r.h.waitFor("the reboot back", r.rebootRequested)
+	cancel() // the reboot stops the agent
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("FailProbationOffline: %v", err)
+	}
+	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try || !st.Bad["b"] {
+		t.Fatalf("environment after the offline rollback: %+v", st)
+	}
+	r.boot(nil) // slot a, the broker reachable again
+	ex := r.h.waitTerminal("ab")
+	d := ex.StatusDetails.DetailsMap
+	if ex.Status != "FAILED" || d["reason"] != "HEALTH_CHECK_FAILED" || d["rolledBack"] != "true" || d["runningSlot"] != "a" {
+		t.Fatalf("%s %v", ex.Status, d)
+	}
+	if inst, _ := loadInstalled(r.h.cfg.StateDir); inst["slot"] != "1.0.0" {
+		t.Fatalf("installed %v", inst)
+	}
+}
