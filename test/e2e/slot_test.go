@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -205,47 +206,63 @@ func TestSlotAgentKilledAtEveryStep(t *testing.T) {
 			abWant{status: "FAILED", reason: "HEALTH_CHECK_FAILED", rolledBack: true, slot: "a", version: "1.0.0", installed: "1.0.0"}},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, envOpts{})
-			b := newABBoard(t, e, abOpts{bootloader: "uboot", powerCut: c.powerCut})
-			opts := bootsim.ImageOpts{FailHealth: c.health}
-			if c.state == "" {
-				opts.Size = 16 << 20
-			}
-			img := bootsim.Image("2.0.0", opts)
-			e.publish("rootfs.img", img)
-			var kill []string
-			if c.state != "" {
-				kill = []string{"FIELDOTA_KILL_IN_STATE=" + c.state, "FIELDOTA_KILL_MARKER=" + filepath.Join(e.dir, "killed")}
-			} else {
-				e.sim.Artifacts().SetFaults("bucket/rootfs.img", s3.Faults{RateBytesPerSec: 8 << 20})
-			}
-			b.powerOn(t, kill...)
-			before := b.env(t)
-			e.createJob("ab", e.slotDoc("rootfs.img", img, "2.0.0"))
-			if c.state == "" {
-				e.waitFor("a checkpoint of the slot write", func() bool {
-					_, err := os.Stat(filepath.Join(e.stateDir, "staging", "ab-1", "0.checkpoint"))
-					return err == nil
-				})
-				if st := slot.StatusOf(b.env(t)); st.Slot != "a" || st.Try {
-					t.Fatalf("environment changed during the write: %v (before %v)", b.env(t), before)
+		for _, bl := range []string{"uboot", "grub"} {
+			t.Run(bl+"/"+c.name, func(t *testing.T) {
+				t.Parallel()
+				e := newEnv(t, envOpts{})
+				b := newABBoard(t, e, abOpts{bootloader: bl, powerCut: c.powerCut})
+				opts := bootsim.ImageOpts{FailHealth: c.health}
+				if c.state == "" {
+					opts.Size = 16 << 20
 				}
-				b.powerCutNow(t)
-			} else {
-				e.waitFor("the kill", func() bool {
-					_, err := os.Stat(filepath.Join(e.dir, "killed"))
-					return err == nil
-				})
-			}
-			checkAB(t, e, b, "ab", c.want)
-			b.mu.Lock()
-			deaths := b.deaths
-			b.mu.Unlock()
-			if deaths != 1 {
-				t.Fatalf("agent died %d times on its own, want 1", deaths)
-			}
-		})
+				img := bootsim.Image("2.0.0", opts)
+				e.publish("rootfs.img", img)
+				var kill []string
+				if c.state != "" {
+					kill = []string{"FIELDOTA_KILL_IN_STATE=" + c.state, "FIELDOTA_KILL_MARKER=" + filepath.Join(e.dir, "killed")}
+				} else {
+					e.sim.Artifacts().SetFaults("bucket/rootfs.img", s3.Faults{RateBytesPerSec: 8 << 20})
+				}
+				b.powerOn(t, kill...)
+				before := b.env(t)
+				e.createJob("ab", e.slotDoc("rootfs.img", img, "2.0.0"))
+				if c.state == "" {
+					e.waitFor("a checkpoint of the slot write", func() bool {
+						_, err := os.Stat(filepath.Join(e.stateDir, "staging", "ab-1", "0.checkpoint"))
+						return err == nil
+					})
+					if st := slot.StatusOf(b.env(t)); st.Slot != "a" || st.Try {
+						t.Fatalf("environment changed during the write: %v (before %v)", b.env(t), before)
+					}
+					b.powerCutNow(t)
+					defer func() {
+						// The download resumed into the slot from its checkpoint, not from zero:
+						// the request that completed it asked for a range past the checkpoint.
+						var last s3.Request
+						for _, r := range e.sim.Artifacts().Requests() {
+							if r.Object == "bucket/rootfs.img" && r.Method == "GET" {
+								last = r
+							}
+						}
+						var from int64
+						if _, err := fmt.Sscanf(last.Range, "bytes=%d-", &from); err != nil || from < 8<<20 {
+							t.Errorf("the download after the power cut was %+v: not resumed from the 8 MiB checkpoint", last)
+						}
+					}()
+				} else {
+					e.waitFor("the kill", func() bool {
+						_, err := os.Stat(filepath.Join(e.dir, "killed"))
+						return err == nil
+					})
+				}
+				checkAB(t, e, b, "ab", c.want)
+				b.mu.Lock()
+				deaths := b.deaths
+				b.mu.Unlock()
+				if deaths != 1 {
+					t.Fatalf("agent died %d times on its own, want 1", deaths)
+				}
+			})
+		}
 	}
 }
