@@ -135,6 +135,11 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 		case <-a.wake:
 		case <-poll.C:
 		}
+		if ctx.Err() != nil {
+			// select picks at random among ready cases: a pending wake must not start work
+			// after shutdown began (a self-updating agent hands over this way).
+			return ctx.Err()
+		}
 		if err := a.serveNext(ctx); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

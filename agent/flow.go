@@ -41,11 +41,22 @@ func (a *Agent) flowFor(target string) (flow, error) {
 	return fl, nil
 }
 
+// flowOf returns the flow of a job under way, without the readiness check.
+func (a *Agent) flowOf(target string) (flow, error) {
+	mk, ok := flows[jobdoc.Target(target)]
+	if !ok {
+		return flow{}, reason.Errorf(reason.Internal, "journal names unknown target %q", target)
+	}
+	return mk(a), nil
+}
+
 // dispatch runs state s with the handler of the job's target. A target without a handler for
 // s is a bug in the state table or the flow: reported as INTERNAL, never guessed around.
+// Readiness is not checked again here: it decided whether the job could start, and a job
+// under way (a rollback above all) must finish even if the configuration changed meanwhile.
 func (a *Agent) dispatch(s ota.State) ota.Handler {
 	return func(ctx context.Context, j *ota.Journal) (ota.Event, error) {
-		fl, err := a.flowFor(j.Target)
+		fl, err := a.flowOf(j.Target)
 		if err != nil {
 			return ota.Fail(j, err, map[string]string{"stage": string(s)}), nil
 		}

@@ -161,7 +161,7 @@ type sinkCloser interface {
 
 // openSink opens where file i goes: the target's own sink (an A/B slot) or a staged file.
 func (a *Agent) openSink(j *ota.Journal, i int, st *ota.Staged) (sinkCloser, error) {
-	fl, err := a.flowFor(j.Target)
+	fl, err := a.flowOf(j.Target)
 	if err != nil {
 		return nil, err
 	}
