@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/slot"
 	"github.com/fieldota/fieldota/test/bootsim"
 	"github.com/fieldota/fieldota/verify"
@@ -32,8 +33,9 @@ type abBoard struct {
 	mu       sync.Mutex
 	boots    []bootsim.Boot
 	deaths   int
-	powerCut bool   // an agent that dies on its own: power cut (bootloader runs) or a process restart
-	onDeath  func() // runs after an agent died on its own, before the board goes on
+	powerCut bool        // an agent that dies on its own: power cut (bootloader runs) or a process restart
+	diedIn   []ota.State // the journal's state at each death
+	onDeath  func()      // runs after an agent died on its own, before the board goes on
 	// killEnv goes to every agent start: the kill marker makes the fault fire once, in
 	// whichever boot reaches the state.
 	killEnv []string
@@ -78,6 +80,15 @@ func newABBoard(t *testing.T, e *env, o abOpts) *abBoard {
 			t.Fatal(err)
 		}
 		bl, blCfg = g, fmt.Sprintf("bootloader = \"grub\"\ngrubenv = %q\n", g.File)
+	case "command":
+		// The user-hook backend, played by envhook, which can also cut the agent down right
+		// after a chosen environment write.
+		hook := envhook(t)
+		f := slot.File{Path: filepath.Join(e.dir, "fieldota.env")}
+		if err := f.Set(ctx, vars); err != nil {
+			t.Fatal(err)
+		}
+		bl, blCfg = f, fmt.Sprintf("bootloader = \"command\"\nenv_get = [%q, \"get\", %q]\nenv_set = [%q, \"set\", %q]\n", hook, f.Path, hook, f.Path)
 	default:
 		t.Fatalf("bootloader %q", o.bootloader)
 	}
@@ -163,8 +174,13 @@ func (b *abBoard) loop(t *testing.T) {
 			return
 		case err := <-done:
 			// The agent died on its own (fault injection): a power cut, or systemd restarting it.
+			var j ota.Journal
+			if raw, err := os.ReadFile(filepath.Join(b.e.stateDir, ota.JournalFile)); err == nil {
+				_ = json.Unmarshal(raw, &j)
+			}
 			b.mu.Lock()
 			b.deaths++
+			b.diedIn = append(b.diedIn, j.State)
 			b.proc, b.done = nil, nil
 			b.mu.Unlock()
 			fmt.Fprintf(b.e.agentLog, "=== bootsim: agent died (%v); power cut=%t\n", err, b.powerCut)
@@ -272,4 +288,26 @@ func (d *device) installedSlot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return m["slot"]
+}
+
+var (
+	envhookOnce sync.Once
+	envhookErr  error
+)
+
+// envhook builds test/bootsim/cmd/envhook next to the agent binary, once.
+func envhook(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(bin, "envhook")
+	envhookOnce.Do(func() {
+		cmd := exec.Command("go", "build", "-o", p, "github.com/fieldota/fieldota/test/bootsim/cmd/envhook")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			envhookErr = fmt.Errorf("go build envhook: %v\n%s", err, out)
+		}
+	})
+	if envhookErr != nil {
+		t.Fatal(envhookErr)
+	}
+	return p
 }

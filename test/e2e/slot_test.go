@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/slot"
 	"github.com/fieldota/fieldota/test/bootsim"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
@@ -205,6 +206,44 @@ func TestSlotAgentKilledAtEveryStep(t *testing.T) {
 		{"rollback-before-switch-back/power-cut", "rollback", true, true,
 			abWant{status: "FAILED", reason: "HEALTH_CHECK_FAILED", rolledBack: true, slot: "a", version: "1.0.0", installed: "1.0.0"}},
 	}
+	// Inside a state, right after an environment batch was written and before the journal
+	// moves on: the command backend's hook kills the agent the moment its write is done.
+	hooked := []struct {
+		name     string
+		batch    string // FIELDOTA_ENVHOOK_KILL
+		journal  ota.State
+		powerCut bool
+		want     abWant
+	}{
+		// The trial is set, the journal still says install.
+		{"switched-journal-in-install/power-cut", "fieldota_slot=b,fieldota_try=1", ota.StateInstall, true, abGood},
+		{"switched-journal-in-install/process", "fieldota_slot=b,fieldota_try=1", ota.StateInstall, false, abGood},
+		// The commit batch is written, the journal still says commit.
+		{"committed-journal-in-commit/power-cut", "fieldota_slot=b,fieldota_try=0", ota.StateCommit, true, abGood},
+		{"committed-journal-in-commit/process", "fieldota_slot=b,fieldota_try=0", ota.StateCommit, false, abGood},
+	}
+	for _, c := range hooked {
+		t.Run("command/"+c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOpts{})
+			b := newABBoard(t, e, abOpts{bootloader: "command", powerCut: c.powerCut})
+			img := bootsim.Image("2.0.0", bootsim.ImageOpts{})
+			e.publish("rootfs.img", img)
+			b.powerOn(t, "FIELDOTA_ENVHOOK_KILL="+c.batch, "FIELDOTA_ENVHOOK_MARKER="+filepath.Join(e.dir, "killed"))
+			e.createJob("ab", e.slotDoc("rootfs.img", img, "2.0.0"))
+			e.waitFor("the kill", func() bool {
+				_, err := os.Stat(filepath.Join(e.dir, "killed"))
+				return err == nil
+			})
+			checkAB(t, e, b, "ab", c.want)
+			b.mu.Lock()
+			deaths, died := b.deaths, append([]ota.State(nil), b.diedIn...)
+			b.mu.Unlock()
+			if deaths != 1 || died[0] != c.journal {
+				t.Fatalf("agent died %d times on its own (journal in %v), want once in %s", deaths, died, c.journal)
+			}
+		})
+	}
 	for _, c := range cases {
 		for _, bl := range []string{"uboot", "grub"} {
 			t.Run(bl+"/"+c.name, func(t *testing.T) {
@@ -257,10 +296,14 @@ func TestSlotAgentKilledAtEveryStep(t *testing.T) {
 				}
 				checkAB(t, e, b, "ab", c.want)
 				b.mu.Lock()
-				deaths := b.deaths
+				deaths, died := b.deaths, append([]ota.State(nil), b.diedIn...)
 				b.mu.Unlock()
-				if deaths != 1 {
-					t.Fatalf("agent died %d times on its own, want 1", deaths)
+				want := ota.State(c.state)
+				if c.state == "" {
+					want = ota.StateDownload
+				}
+				if deaths != 1 || died[0] != want {
+					t.Fatalf("agent died %d times on its own (journal in %v), want once in %s", deaths, died, want)
 				}
 			})
 		}
