@@ -49,6 +49,25 @@ func (s *slotFlow) ready() error {
 	if s.cfg.Bootloader == "" || s.cfg.A == "" || s.cfg.B == "" {
 		return reason.Errorf(reason.UnsupportedOperation, "slot jobs are disabled on this device (slot.bootloader, slot.a and slot.b are not configured)")
 	}
+	// A missing environment tool can never work: refuse while the job is still QUEUED rather
+	// than fail after the download.
+	var tools []string
+	switch s.cfg.Bootloader {
+	case "uboot":
+		tools = []string{"fw_printenv", "fw_setenv"}
+	case "grub":
+		tools = []string{"grub-editenv"}
+	case "command":
+		if len(s.cfg.EnvGet) == 0 || len(s.cfg.EnvSet) == 0 {
+			return reason.Errorf(reason.UnsupportedOperation, "slot.env_get and slot.env_set are required for bootloader command")
+		}
+		tools = []string{s.cfg.EnvGet[0], s.cfg.EnvSet[0]}
+	}
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			return reason.Errorf(reason.UnsupportedOperation, "slot.bootloader %s needs %s, which is not installed", s.cfg.Bootloader, t)
+		}
+	}
 	return nil
 }
 

@@ -290,3 +290,19 @@ func TestSlotNewSlotThatCannotReachTheBrokerIsRolledBack(t *testing.T) {
 		t.Fatalf("installed %v", inst)
 	}
 }
+
+// TestSlotJobRefusedWhileQueuedWhenTheEnvironmentToolIsMissing: a bootloader hook that is not
+// installed can never work: REJECTED UNSUPPORTED_OPERATION before anything is downloaded.
+func TestSlotJobRefusedWhileQueuedWhenTheEnvironmentToolIsMissing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-hook")
+	r := newSlotRig(t, fileEnv(t, slot.Env{slot.VarSlot: "a"}), config.Slot{Bootloader: "command", EnvGet: []string{missing, "get"}, EnvSet: []string{missing, "set"}})
+	r.job("ab", bootsim.Image("2.0.0", bootsim.ImageOpts{}), "2.0.0")
+	r.boot(nil)
+	ex := r.h.waitTerminal("ab")
+	if d := ex.StatusDetails.DetailsMap; ex.Status != "REJECTED" || d["reason"] != "UNSUPPORTED_OPERATION" {
+		t.Fatalf("%s %v", ex.Status, d)
+	}
+	if got, _ := os.ReadFile(r.board.Slots.B); !bytes.Equal(got, make([]byte, 64<<10)) {
+		t.Fatal("slot b was written")
+	}
+}
