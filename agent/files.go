@@ -64,7 +64,7 @@ func (a *Agent) installFiles(ctx context.Context, j *ota.Journal) (ota.Event, er
 		}
 		return ota.Fail(j, err, extra), nil
 	}
-	if err := recordInstalled(a.cfg.StateDir, targetKey(spec), j.Version); err != nil {
+	if err := recordInstalled(a.cfg.StateDir, a.targetKey(spec), j.Version); err != nil {
 		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "install"}), nil
 	}
 	d := details(j, "done", nil)

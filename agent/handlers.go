@@ -299,7 +299,13 @@ func (a *Agent) verifyStaged(ctx context.Context, j *ota.Journal) (ota.Event, er
 			return ota.Fail(j, reason.Errorf(reason.Internal, "staged %s: %w", f.FileName, err), map[string]string{"stage": "verify"}), nil
 		}
 		in := spec.VerifyInput(i)
-		in.Digest, in.Size = digest, fi.Size()
+		size := fi.Size()
+		if !fi.Mode().IsRegular() {
+			// An A/B slot device: its size is the partition's, and the download wrote exactly
+			// st.Size bytes into it (more is refused by the downloader).
+			size = st.Size
+		}
+		in.Digest, in.Size = digest, size
 		vd, err := a.verifier().Verify(in, pol)
 		if err != nil {
 			return ota.Fail(j, err, map[string]string{"stage": "verify"}), nil

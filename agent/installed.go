@@ -15,7 +15,8 @@ import (
 // committed: anti-rollback compares against it, and `fieldota-agent status` shows it.
 const installedFile = "installed.json"
 
-// installed maps a target key ("files:/opt/app", "slot", "binary:/usr/bin/myapp") to a version.
+// installed maps a target key (Agent.targetKey: "files:/opt/app/x", "slot", "binary:/usr/bin/myapp")
+// to a version.
 type installed map[string]string
 
 func loadInstalled(stateDir string) (installed, error) {

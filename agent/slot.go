@@ -309,7 +309,7 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 	if err := slot.Commit(ctx, s.bootloader(), j.Slot); err != nil {
 		return s.fail(j, "commit", err, nil), nil
 	}
-	if err := recordInstalled(s.a.cfg.StateDir, string(jobdoc.TargetSlot), j.Version); err != nil {
+	if err := recordInstalled(s.a.cfg.StateDir, s.a.targetKey(&jobdoc.Document{Target: jobdoc.TargetSlot}), j.Version); err != nil {
 		// The bootloader boots the new slot for good already; only the record is missing,
 		// and a retry of this idempotent state writes it.
 		return "", fmt.Errorf("recording the installed version: %w", err)

@@ -16,10 +16,14 @@ func parseJob(raw []byte, cfg *config.Config) (*jobdoc.Document, error) {
 	return jobdoc.Parse(raw, jobdoc.Options{AllowedRoots: cfg.Files.AllowedRoots, AllowInsecureHTTP: cfg.Download.AllowInsecureHTTP})
 }
 
-// targetKey is what installed.json records a target's version under.
-func targetKey(d *jobdoc.Document) string {
-	if d.Target == jobdoc.TargetFiles {
+// targetKey is what installed.json records a target's version under: the directory of a files
+// job, the swapped binary's path, or the device's slots.
+func (a *Agent) targetKey(d *jobdoc.Document) string {
+	switch d.Target {
+	case jobdoc.TargetFiles:
 		return "files:" + d.WorkingDirectory
+	case jobdoc.TargetBinary:
+		return "binary:" + a.cfg.Swap.Target
 	}
 	return string(d.Target)
 }
@@ -82,7 +86,7 @@ func (a *Agent) policy(spec *jobdoc.Document) (verify.Policy, error) {
 	}
 	return verify.Policy{
 		AllowUnsigned:    a.cfg.Verify.AllowUnsigned,
-		InstalledVersion: inst[targetKey(spec)],
+		InstalledVersion: inst[a.targetKey(spec)],
 		DeviceCompatible: a.cfg.Compatible,
 		Now:              a.now(),
 	}, nil

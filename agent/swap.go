@@ -271,7 +271,7 @@ func (a *Agent) commitBinary(ctx context.Context, j *ota.Journal) (ota.Event, er
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "commit"}), nil
 	}
-	if err := recordInstalled(a.cfg.StateDir, targetKey(spec), j.Version); err != nil {
+	if err := recordInstalled(a.cfg.StateDir, a.targetKey(spec), j.Version); err != nil {
 		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "commit"}), nil
 	}
 	if !a.cfg.Swap.KeepOld {

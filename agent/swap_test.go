@@ -129,7 +129,7 @@ func TestHealthyNewBinaryIsSwappedRestartedAndCommitted(t *testing.T) {
 		t.Fatalf("previous binary kept without keep_old: %v", err)
 	}
 	inst, err := loadInstalled(h.cfg.StateDir)
-	if err != nil || inst["binary"] != "2.0" {
+	if err != nil || inst["binary:"+m.target] != "2.0" {
 		t.Fatalf("installed %v %v", inst, err)
 	}
 }
@@ -154,7 +154,7 @@ func TestNewBinaryThatExitsAtOnceIsRolledBackAndTheOldOneRunsAgain(t *testing.T)
 	if err := swap.Runs(m.pid(), m.target); err != nil {
 		t.Fatalf("the old binary is not running again: %v", err)
 	}
-	if inst, _ := loadInstalled(h.cfg.StateDir); inst["binary"] != "" {
+	if inst, _ := loadInstalled(h.cfg.StateDir); inst["binary:"+m.target] != "" {
 		t.Fatalf("a rolled-back version was recorded: %v", inst)
 	}
 }

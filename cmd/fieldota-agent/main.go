@@ -82,7 +82,13 @@ func run(ctx context.Context, cfgPath string) error {
 	}
 	// The agent exists before the connection so that the client's callbacks have a target.
 	a := agent.New(agent.Options{Config: cfg, Trust: trust, Logger: log, OnTransition: onTransition})
-	cl, err := jobs.Dial(ctx, jobs.Config{
+	// A slot on probation must reach the broker within its health deadline: a new slot that
+	// cannot would otherwise wait forever, never judged, its one trial boot already spent.
+	dialCtx, cancel := ctx, context.CancelFunc(func() {})
+	if d := a.ProbationDeadline(); d > 0 {
+		dialCtx, cancel = context.WithTimeout(ctx, d)
+	}
+	cl, err := jobs.Dial(dialCtx, jobs.Config{
 		Endpoint:       cfg.MQTT.Endpoint,
 		ThingName:      cfg.ThingName,
 		ClientID:       cfg.MQTT.ClientID,
@@ -96,6 +102,11 @@ func run(ctx context.Context, cfgPath string) error {
 		OnConnect:      func(context.Context) { a.Wake() },
 		OnNotifyNext:   a.NotifyNext,
 	})
+	cancel()
+	if err != nil && dialCtx.Err() != nil && ctx.Err() == nil {
+		log.Error("no broker within the probation deadline: the slot on trial counts as unhealthy", "err", err)
+		return a.FailProbationOffline(ctx)
+	}
 	if err != nil {
 		return err
 	}

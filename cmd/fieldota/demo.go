@@ -130,6 +130,9 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 		return errors.New("the tampered package was placed: the demo found a bug")
 	}
 	d.say("device", "%s still holds the v1.0 package; nothing from the tampered job was placed", filepath.Join(d.appRoot, "demo"))
+	if err := d.abChapter(ctx); err != nil {
+		return err
+	}
 	fmt.Fprintln(out, "\nDone: every process is stopped.")
 	return nil
 }
