@@ -3,15 +3,12 @@ package agent
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +18,7 @@ import (
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/test/jobsim"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 )
@@ -121,28 +119,14 @@ func (h *harness) publish(name string, content []byte) {
 // seedDoc is the seed's example document, signed: autoStart as a string ("true" for scripts),
 // files as an object.
 func (h *harness) seedDoc(name string, content []byte, version, workDir string) string {
-	sum := sha256.Sum256(content)
-	cs, err := sign.MakeCodesign(h.key, verify.ECDSASHA256, sum[:], int64(len(content)))
+	h.t.Helper()
+	d := testdoc.For(name, content, version)
+	d.WorkDir, d.AutoStart = workDir, strings.HasSuffix(name, ".sh") || strings.HasSuffix(name, ".py")
+	doc, err := d.Signed(h.key)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	csJSON, _ := json.Marshal(cs)
-	return fmt.Sprintf(`{
-  "operation": "install",
-  "version": %q,
-  "packageName": %q,
-  "autoStart": "%t",
-  "workingDirectory": %q,
-  "target": "files",
-  "files": {
-    "fileName": %q,
-    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
-    "size": %d,
-    "sha256": %q,
-    "codesign": %s
-  },
-  "compatible": ["board-rev-c"]
-}`, version, name, strings.HasSuffix(name, ".sh") || strings.HasSuffix(name, ".py"), workDir, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+	return doc
 }
 
 func (h *harness) createJob(id, doc string) {
@@ -438,8 +422,13 @@ func TestDocumentsThatCanNeverSucceedAreRejectedWhileQueued(t *testing.T) {
 	script := []byte("#!/bin/sh\necho x\n")
 	h.publish("run.sh", script)
 	work := filepath.Join(h.appRoot, "w")
-	unsigned := regexpCodesign.ReplaceAllString(h.seedDoc("run.sh", script, "1.0", work), "")
-	foreign := strings.Replace(h.seedDoc("run.sh", script, "1.0", work), `"compatible": ["board-rev-c"]`, `"compatible": ["board-rev-a"]`, 1)
+	unsigned := withoutCodesign(h.seedDoc("run.sh", script, "1.0", work))
+	fd := testdoc.For("run.sh", script, "1.0")
+	fd.WorkDir, fd.AutoStart, fd.Compatible = work, true, []string{"board-rev-a"}
+	foreign, err := fd.Signed(h.key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	outside := h.seedDoc("run.sh", script, "1.0", "/etc/fieldota-test")
 	cases := map[string]struct{ doc, reason string }{
 		"unsigned":           {unsigned, "UNSIGNED"},
@@ -484,7 +473,14 @@ func TestSymlinkInsideAllowedRootCannotLeadOutside(t *testing.T) {
 	}
 }
 
-var regexpCodesign = regexp.MustCompile(`,\s*"codesign": \{[^}]*\}`)
+// withoutCodesign strips the signature from a document.
+func withoutCodesign(doc string) string {
+	var d map[string]any
+	_ = json.Unmarshal([]byte(doc), &d)
+	delete(d["files"].(map[string]any), "codesign")
+	b, _ := json.Marshal(d)
+	return string(b)
+}
 
 // slotDoc turns a files document into a slot one (no working directory, nothing to start).
 func slotDoc(doc string) string {

@@ -2,10 +2,8 @@ package agent
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +14,6 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/ota/swap"
-	"github.com/fieldota/fieldota/verify"
-	"github.com/fieldota/fieldota/verify/sign"
 )
 
 // managedApp is a real program managed by a restart script: /usr/bin/sleep copied to the
@@ -90,15 +86,14 @@ func (m *managedApp) kill() {
 
 // binaryDoc is a signed document for target binary: one file, no workingDirectory/autoStart.
 func (h *harness) binaryDoc(name string, content []byte, version string) string {
-	sum := sha256.Sum256(content)
-	cs, err := sign.MakeCodesign(h.key, verify.ECDSASHA256, sum[:], int64(len(content)))
+	h.t.Helper()
+	d := testdoc.For(name, content, version)
+	d.Target = "binary"
+	doc, err := d.Signed(h.key)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	csJSON, _ := json.Marshal(cs)
-	return fmt.Sprintf(`{"operation":"install","version":%q,"target":"binary","compatible":["board-rev-c"],
-"files":{"fileName":%q,"url":"${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}","size":%d,"sha256":%q,"codesign":%s}}`,
-		version, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+	return doc
 }
 
 func fileIs(t *testing.T, path string, want []byte) bool {

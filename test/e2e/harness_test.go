@@ -7,11 +7,9 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"net"
 	"os"
 	"os/exec"
@@ -24,7 +22,6 @@ import (
 
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/test/jobsim"
-	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 )
 
@@ -238,28 +235,19 @@ func (e *env) publish(name string, content []byte) {
 // seedDoc is the seed's example document, signed (autoStart as a string, files as an object).
 func (d *device) seedDoc(name string, content []byte, version, workDir string, autoStart bool) string {
 	d.t.Helper()
-	sum := sha256.Sum256(content)
-	cs, err := sign.MakeCodesign(d.key, verify.ECDSASHA256, sum[:], int64(len(content)))
+	td := testdoc.For(name, content, version)
+	td.WorkDir, td.AutoStart = workDir, autoStart
+	return d.sign(td)
+}
+
+// sign signs a test document with the device's release key.
+func (d *device) sign(td testdoc.Doc) string {
+	d.t.Helper()
+	doc, err := td.Signed(d.key)
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	csJSON, _ := json.Marshal(cs)
-	return fmt.Sprintf(`{
-  "operation": "install",
-  "version": %q,
-  "packageName": %q,
-  "autoStart": "%t",
-  "workingDirectory": %q,
-  "target": "files",
-  "files": {
-    "fileName": %q,
-    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
-    "size": %d,
-    "sha256": %q,
-    "codesign": %s
-  },
-  "compatible": ["board-rev-c"]
-}`, version, name, autoStart, workDir, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+	return doc
 }
 
 func (e *env) createJob(id, doc string) {
@@ -311,6 +299,12 @@ func (e *env) terminalReports(jobID string) int {
 // assertNoLeftovers checks that no temp file, marker or staged payload survived the job.
 func (d *device) assertNoLeftovers() {
 	d.t.Helper()
+	// The terminal report is sent before cleanup runs: give the agent a moment to finish it.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(d.stateDir, "journal.json")); os.IsNotExist(err) {
+			break
+		}
+	}
 	for _, root := range []string{d.stateDir, d.appRoot} {
 		_ = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
 			if err != nil {

@@ -2,10 +2,9 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,8 +16,6 @@ import (
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/slot"
 	"github.com/fieldota/fieldota/test/bootsim"
-	"github.com/fieldota/fieldota/verify"
-	"github.com/fieldota/fieldota/verify/sign"
 )
 
 // abBoard is a device with two slots driven by bootsim: the agent's reboot argv touches a
@@ -255,25 +252,9 @@ func (b *abBoard) env(t *testing.T) slot.Env {
 // slotDoc is a signed job document for an A/B image.
 func (d *device) slotDoc(name string, content []byte, version string) string {
 	d.t.Helper()
-	sum := sha256.Sum256(content)
-	cs, err := sign.MakeCodesign(d.key, verify.ECDSASHA256, sum[:], int64(len(content)))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	csJSON, _ := json.Marshal(cs)
-	return fmt.Sprintf(`{
-  "operation": "install",
-  "version": %q,
-  "target": "slot",
-  "files": {
-    "fileName": %q,
-    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
-    "size": %d,
-    "sha256": %q,
-    "codesign": %s
-  },
-  "compatible": ["board-rev-c"]
-}`, version, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+	td := testdoc.For(name, content, version)
+	td.Target = "slot"
+	return d.sign(td)
 }
 
 // installedSlot reads the version the agent recorded at its last commit.

@@ -3,10 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,8 +16,6 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/ota/swap"
-	"github.com/fieldota/fieldota/verify"
-	"github.com/fieldota/fieldota/verify/sign"
 )
 
 // Agent builds for the self-update tests, next to the v1 agent TestMain builds ("dev"): a 2.0,
@@ -84,15 +80,9 @@ func (d *device) appendConfig(toml string) {
 // binaryDoc is a signed document for target binary (one file; no workingDirectory/autoStart).
 func (d *device) binaryDoc(name string, content []byte, version string) string {
 	d.t.Helper()
-	sum := sha256.Sum256(content)
-	cs, err := sign.MakeCodesign(d.key, verify.ECDSASHA256, sum[:], int64(len(content)))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	csJSON, _ := json.Marshal(cs)
-	return fmt.Sprintf(`{"operation":"install","version":%q,"target":"binary","compatible":["board-rev-c"],
-"files":{"fileName":%q,"url":"${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}","size":%d,"sha256":%q,"codesign":%s}}`,
-		version, name, name, len(content), hex.EncodeToString(sum[:]), csJSON)
+	td := testdoc.For(name, content, version)
+	td.Target = "binary"
+	return d.sign(td)
 }
 
 // managedApp is the program a binary job replaces: /usr/bin/sleep copied to <dir>/usr-bin/myapp
