@@ -96,11 +96,14 @@ func TestAgentKilledMidDownloadResumesFromCheckpoint(t *testing.T) {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	p.done <- nil
+	// The killed agent's response may still be draining on the server: count from a quiet point.
+	e.waitFor("the killed download's response to end", func() bool { return e.sim.Artifacts().InFlight() == 0 })
 	e.sim.Artifacts().ResetStats()
 	e.startAgent()
 	if ex := e.waitTerminal("big", 60*time.Second); ex.Status != "SUCCEEDED" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
+	e.waitFor("the last response to be counted", func() bool { return e.sim.Artifacts().InFlight() == 0 })
 	second := e.sim.Artifacts().Stats("bucket/fw.bin").BytesSent
 	if second > size-(8<<20)+(1<<20) {
 		t.Fatalf("restarted agent fetched %d of %d bytes: it did not resume from the 8 MiB checkpoint", second, size)
