@@ -424,3 +424,34 @@ func (a *Agent) FailProbationOffline(ctx context.Context) error {
 	}
 	return s.requestReboot(ctx, j)
 }
+
+// SlotsStatus is what `fieldota-agent status` shows of the A/B slots.
+type SlotsStatus struct {
+	Booted     string            `json:"booted,omitempty"`
+	BootedErr  string            `json:"bootedError,omitempty"`
+	Paths      map[string]string `json:"paths"`
+	Bootloader string            `json:"bootloader"`
+	Env        *slot.Status      `json:"env,omitempty"`
+	EnvErr     string            `json:"envError,omitempty"`
+}
+
+// Slots reports the configured slots, the one running and the bootloader's view, without
+// changing anything; nil when the device has no A/B slots configured.
+func (a *Agent) Slots(ctx context.Context) *SlotsStatus {
+	if a.cfg.Slot.A == "" && a.cfg.Slot.B == "" {
+		return nil
+	}
+	s := &slotFlow{a: a, cfg: a.cfg.Slot}
+	out := &SlotsStatus{Paths: map[string]string{"a": a.cfg.Slot.A, "b": a.cfg.Slot.B}, Bootloader: a.cfg.Slot.Bootloader}
+	if b, err := s.booted(); err != nil {
+		out.BootedErr = err.Error()
+	} else {
+		out.Booted = b
+	}
+	if st, err := slot.ReadStatus(ctx, s.bootloader()); err != nil {
+		out.EnvErr = err.Error()
+	} else {
+		out.Env = &st
+	}
+	return out
+}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -51,7 +52,7 @@ func main() {
 		Use:   "status",
 		Short: "print the job in progress, installed versions and slots as JSON",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.OutOrStdout(), cfgPath) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.Context(), cmd.OutOrStdout(), cfgPath) },
 	})
 	root.AddCommand(newRecoverCmd(&cfgPath))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -115,7 +116,7 @@ func run(ctx context.Context, cfgPath string) error {
 	return a.Run(ctx, cl)
 }
 
-func status(w interface{ Write([]byte) (int, error) }, cfgPath string) error {
+func status(ctx context.Context, w io.Writer, cfgPath string) error {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err
@@ -132,6 +133,9 @@ func status(w interface{ Write([]byte) (int, error) }, cfgPath string) error {
 	}
 	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, "installed.json")); err == nil {
 		out["installed"] = json.RawMessage(b)
+	}
+	if sl := agent.New(agent.Options{Config: cfg}).Slots(ctx); sl != nil {
+		out["slots"] = sl
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
