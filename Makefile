@@ -8,7 +8,7 @@ PKGS      := ./...
 FUZZTIME  ?= 5s
 FUZZ      ?= ./ota/jobdoc:FuzzParseDocument ./verify:FuzzParseSignature ./verify:FuzzParseEnvelope ./verify:FuzzParseVersion ./test/jobsim:FuzzDeviceRequest ./agent/jobs:FuzzInbound
 
-.PHONY: all build test unit fuzz lint demo bench deps clean
+.PHONY: all build test unit fuzz lint demo bench deps clean test-device
 
 all: build
 
@@ -39,6 +39,12 @@ demo: build
 
 bench:
 	$(GO) run ./test/bench
+
+# The A/B story on an emulated arm64 board (QEMU TCG + Debian's U-Boot + Linux; test/device,
+# docs/device-in-a-box.md): installs the tools and fetches the arm64 packages, then runs it.
+test-device:
+	scripts/device-deps.sh
+	$(GO) test -tags device -count=1 -v -timeout 30m ./test/device/
 
 clean:
 	rm -rf $(BIN)

@@ -233,7 +233,7 @@ reboot_timeout = "1m"
 
 [health]
 commands = %s
-timeout = "20s"
+timeout = "15s"
 interval = "1s"
 
 [log]
