@@ -6,7 +6,7 @@
 #                                       files under EXTRA (agent, config, key, version);
 #                                       KIND = normal | noboot (init exits at once)
 #   build-image.sh disk OUT SLOT_A      the whole disk: p1 boot (FAT: Image, initramfs,
-#                                       boot.scr, uboot.env), p2 slot a, p3 slot b (empty),
+#                                       boot.scr, uboot.env + uboot-redund.env), p2 slot a, p3 slot b (empty),
 #                                       p4 data (ext4, the agent's state)
 #
 # The slow part (base) is cached under $FIELDOTA_DEVICE_CACHE (default
@@ -70,7 +70,8 @@ cmd_base() {
     [ -n "$f" ] || die "library $l not in the packages"
     cp -L "$f" "$S/lib/aarch64-linux-gnu/$l"
   done
-  echo "/boot/uboot.env 0x0 $ENV_SIZE" > "$S/etc/fw_env.config"
+  # Redundant env: two files on the boot partition (boot.cmd reads and writes the same pair).
+  printf '/boot/uboot.env 0x0 %s\n/boot/uboot-redund.env 0x0 %s\n' $ENV_SIZE $ENV_SIZE > "$S/etc/fw_env.config"
   # Read-only pflash bank 2 holding U-Boot's own environment (it replaces the built-in default
   # environment, so the load addresses of the default are repeated): no autoboot delay, run our script.
   cat > "$T/flash-env.txt" <<ENV
@@ -116,10 +117,12 @@ cmd_disk() {
   local W; W=$(mktemp -d)
   mkimage -A arm64 -O linux -T script -C none -d "$HERE/boot.cmd" "$W/boot.scr" >/dev/null
   printf '%s\n' fieldota_slot=a fieldota_try=0 bootcount=0 bootlimit=1 fieldota_bad_a=0 fieldota_bad_b=0 fieldota_canary=0 > "$W/env.txt"
-  mkenvimage -s $ENV_SIZE -o "$W/uboot.env" "$W/env.txt"
+  # Both copies start equal (flags 1): copy 0 is current; the first write goes to copy 1, flags 2.
+  mkenvimage -r -s $ENV_SIZE -o "$W/uboot.env" "$W/env.txt"
+  cp "$W/uboot.env" "$W/uboot-redund.env"
   # p1 boot (FAT)
   rm -f "$W/boot.img"; mkfs.vfat -C -n FDBOOT "$W/boot.img" $((BOOT_MB*1024)) >/dev/null
-  mcopy -i "$W/boot.img" "$B/Image" "$B/initramfs.cpio.gz" "$W/boot.scr" "$W/uboot.env" ::/
+  mcopy -i "$W/boot.img" "$B/Image" "$B/initramfs.cpio.gz" "$W/boot.scr" "$W/uboot.env" "$W/uboot-redund.env" ::/
   # p4 data (ext4)
   mkdir -p "$W/data"
   mkfs.ext4 -q -F -L fieldota-data -d "$W/data" "$W/data.img" "${DATA_MB}M"

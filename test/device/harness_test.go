@@ -443,17 +443,22 @@ func (s *scenario) expectReportedOnce() {
 	}
 }
 
-// bootEnv reads the A/B variables from the env file on the disk's FAT partition with the host's
-// fw_printenv (the board must be off or idle).
+// bootEnv reads the A/B variables from the redundant env (two files) on the disk's FAT
+// partition with the host's fw_printenv, which picks the current copy as U-Boot's script does
+// (the board must be off).
 func (s *scenario) bootEnv() map[string]string {
 	s.t.Helper()
-	f := filepath.Join(s.dir, "uboot.env")
-	os.Remove(f)
-	if out, err := exec.Command("mcopy", "-n", "-i", s.disk+"@@1M", "::/uboot.env", f).CombinedOutput(); err != nil {
-		s.t.Fatalf("mcopy uboot.env: %v %s", err, out)
+	var cfgText string
+	for _, name := range []string{"uboot.env", "uboot-redund.env"} {
+		f := filepath.Join(s.dir, name)
+		os.Remove(f)
+		if out, err := exec.Command("mcopy", "-n", "-i", s.disk+"@@1M", "::/"+name, f).CombinedOutput(); err != nil {
+			s.t.Fatalf("mcopy %s: %v %s", name, err, out)
+		}
+		cfgText += f + " 0x0 0x4000\n"
 	}
 	cfg := filepath.Join(s.dir, "fw_env.config")
-	if err := os.WriteFile(cfg, []byte(f+" 0x0 0x4000\n"), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(cfgText), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 	out, err := exec.Command("fw_printenv", "-c", cfg).CombinedOutput()
@@ -650,3 +655,27 @@ func lastLine(s string) string {
 }
 
 var _ = sha256.New
+
+// tearEnvCopy overwrites the middle of one env file on the FAT partition with garbage, as a
+// power cut in the middle of writing that copy would leave it (its CRC no longer matches).
+func (s *scenario) tearEnvCopy(name string) {
+	s.t.Helper()
+	f := filepath.Join(s.dir, "torn-"+name)
+	os.Remove(f)
+	if out, err := exec.Command("mcopy", "-n", "-i", s.disk+"@@1M", "::/"+name, f).CombinedOutput(); err != nil {
+		s.t.Fatalf("mcopy %s: %v %s", name, err, out)
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for i := 8; i < 64; i++ {
+		b[i] ^= 0x5a
+	}
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	if out, err := exec.Command("mcopy", "-o", "-i", s.disk+"@@1M", f, "::/"+name).CombinedOutput(); err != nil {
+		s.t.Fatalf("mcopy back %s: %v %s", name, err, out)
+	}
+}

@@ -177,3 +177,33 @@ func TestPowerCut(t *testing.T) {
 		})
 	}
 }
+
+// TestTornEnvWriteFallsBackToOtherCopy: the write that set the trial boot is torn (simulated:
+// the copy it wrote is corrupted after a power cut). U-Boot's script and fw_printenv both ignore
+// the copy that fails its CRC and use the other one, which still boots slot a without a trial;
+// the agent there sees that the trial never happened and reports FAILED BOOT_FAILED
+// rolledBack=true. With a single env copy the board would lose its environment instead.
+func TestTornEnvWriteFallsBackToOtherCopy(t *testing.T) {
+	s := newScenario(t)
+	s.powerOn()
+	i := s.expectRunning("a", slotVersionA, 0)
+	s.createJob("good-v2")
+	s.expect("trial boot set", i, jobTimeout)
+	s.powerCut()
+	// Flags: pristine 1/1 → canary writes copy 1 (2) → the trial writes copy 0 (3).
+	if env := s.bootEnv(); env["fieldota_try"] != "1" || env["fieldota_slot"] != "b" {
+		t.Fatalf("the trial boot is not in the env before the tear: %v", env)
+	}
+	s.tearEnvCopy("uboot.env")
+	s.powerOn()
+	i = s.expect("fieldota: env slot=a try=0", 0, bootTimeout)
+	if !strings.Contains(s.board.lines()[i-1], "copies valid 01") {
+		t.Errorf("U-Boot did not see copy 0 as torn: %s", s.board.lines()[i-1])
+	}
+	s.expectRunning("a", slotVersionA, i)
+	ex := s.waitTerminal(jobTimeout)
+	s.expectDetails(ex, "FAILED", map[string]string{"reason": "BOOT_FAILED", "rolledBack": "true", "slot": "b"})
+	s.expectReportedOnce()
+	s.powerCut()
+	s.expectEnv(map[string]string{"fieldota_slot": "a", "fieldota_try": "0"})
+}
