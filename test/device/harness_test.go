@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -654,7 +653,6 @@ func lastLine(s string) string {
 	return l[len(l)-1]
 }
 
-var _ = sha256.New
 
 // tearEnvCopy overwrites the middle of one env file on the FAT partition with garbage, as a
 // power cut in the middle of writing that copy would leave it (its CRC no longer matches).
