@@ -653,7 +653,6 @@ func lastLine(s string) string {
 	return l[len(l)-1]
 }
 
-
 // tearEnvCopy overwrites the middle of one env file on the FAT partition with garbage, as a
 // power cut in the middle of writing that copy would leave it (its CRC no longer matches).
 func (s *scenario) tearEnvCopy(name string) {
