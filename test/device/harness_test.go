@@ -418,6 +418,26 @@ func (s *scenario) waitTerminal(timeout time.Duration) jobsim.JobExecution {
 	return last
 }
 
+// waitProgress polls the control API until the execution's statusDetails report a download
+// progress of at least pct percent.
+func (s *scenario) waitProgress(pct int, timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ex, err := s.api.DescribeJobExecution(ctx, s.job, thing, 0)
+		cancel()
+		if err == nil {
+			if p, err := strconv.Atoi(ex.StatusDetails.DetailsMap["progress"]); err == nil && p >= pct {
+				s.t.Logf("download progress %d%% after %.1fs", p, time.Since(s.start).Seconds())
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("download progress never reached %d%%\n%s", pct, s.board.tail(40))
+}
+
 // terminalReports counts the emulator's lines recording the device moving the execution to a
 // terminal status, and refusals of a report after that: "reported once" means 1 and 0.
 func (s *scenario) terminalReports() (reports, refused int) {

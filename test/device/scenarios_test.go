@@ -92,12 +92,13 @@ func TestPowerCut(t *testing.T) {
 	}{
 		{
 			name: "DuringSlotWrite",
-			// Throttled so that the write of the 24 MiB slot lasts about 8 s; the cut after 5 s
-			// comes after the first download checkpoint (every 8 MiB) and before the end.
+			// Throttled so that the write of the 24 MiB slot lasts about 8 s; the cut comes once
+			// the agent reported 40 % (past the first download checkpoint, every 8 MiB = 33 %)
+			// and before the download ended.
 			simArgs: []string{"--s3-rate", "3000000"},
 			cut: func(s *scenario, i int) {
 				i = s.expect("download: start", i, jobTimeout)
-				time.Sleep(5 * time.Second)
+				s.waitProgress(40, jobTimeout)
 				if _, err := s.board.waitLine("msg=downloaded", i, time.Millisecond); err == nil {
 					s.t.Fatal("the download finished before the power cut")
 				}
