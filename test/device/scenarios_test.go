@@ -158,6 +158,20 @@ func TestPowerCut(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "RightAfterCommitBatch",
+			// The other side of the commit: the batch is in the env, the report is not sent yet.
+			cut: func(s *scenario, i int) {
+				i = s.expect("trial boot set", i, jobTimeout)
+				i = s.expectRunning("b", slotVersionB, i)
+				s.expect("slot committed", i, jobTimeout)
+			},
+			after: func(s *scenario) {
+				i := s.expect("fieldota: env slot=b try=0", 0, bootTimeout)
+				s.expectRunning("b", slotVersionB, i)
+				s.expectDetails(s.waitTerminal(jobTimeout), "SUCCEEDED", map[string]string{"slot": "b", "version": slotVersionB})
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newScenario(t, tc.simArgs...)
