@@ -97,7 +97,7 @@ ENV
 
 cmd_slot() {
   local out=$1 extra=$2 kind=$3 B; B=$(cmd_base)
-  local R; R=$(mktemp -d)
+  local R; R=$(mktemp -d); chmod 755 "$R"
   cp -a "$B/skel/." "$R/"
   cp -a "$extra/." "$R/"
   case "$kind" in
@@ -107,7 +107,8 @@ cmd_slot() {
   esac
   chmod 755 "$R/sbin/init"
   rm -f "$out"
-  # No root mount needed; a fixed UUID-less, timestamp-free image is not required: the image is signed as built.
+  # mkfs.ext4 -d fills the file system without mounting anything; no metadata_csum/64bit, like the
+  # reference layout (any image works: the job signs the bytes as built).
   mkfs.ext4 -q -F -L "fieldota-slot" -O ^metadata_csum,^64bit -d "$R" "$out" "${SLOT_MB}M"
   rm -rf "$R"
 }
