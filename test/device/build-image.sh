@@ -91,6 +91,8 @@ ENV
   truncate -s 64M "$T/flash1.img"
   rm -rf "$T/x"
   touch "$T/done"
+  # Older bases (other packages or guest files) are dead weight.
+  for old in "$CACHE"/base-*; do [ "$old" = "$B.tmp" ] || rm -rf "$old"; done
   mv "$T" "$B"
   echo "$B"
 }
