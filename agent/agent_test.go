@@ -16,6 +16,7 @@ import (
 
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/test/jobsim"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
 	"github.com/fieldota/fieldota/test/testdoc"
@@ -32,6 +33,8 @@ type harness struct {
 	appRoot   string
 	key       crypto.Signer
 	cfg       *config.Config
+	// onTransition, if set before run, sees each persisted transition (a crash point).
+	onTransition func(*ota.Journal)
 
 	mu     sync.Mutex
 	events []jobsim.Event
@@ -145,7 +148,7 @@ func (h *harness) run() func() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	a := New(Options{Config: h.cfg, Trust: trust, Logger: log})
+	a := New(Options{Config: h.cfg, Trust: trust, Logger: log, OnTransition: h.onTransition})
 	a.retryWait = 50 * time.Millisecond
 	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
 		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext})
@@ -492,4 +495,60 @@ func slotDoc(doc string) string {
 	delete(d, "packageName")
 	b, _ := json.Marshal(d)
 	return string(b)
+}
+
+// TestCanceledAfterAHalfDoneInstallPutsEveryFileBack: an install cut short (a kill between
+// two files) and then canceled by the operator must leave the directory exactly as before.
+func TestCanceledAfterAHalfDoneInstallPutsEveryFileBack(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "w")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := []byte("#!/bin/sh\necho v1\n")
+	if err := os.WriteFile(filepath.Join(work, "run.sh"), old, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := []byte("#!/bin/sh\necho v2\n")
+	h.publish("run.sh", script)
+	h.createJob("half", h.seedDoc("run.sh", script, "2.0", work))
+	var once sync.Once
+	h.onTransition = func(j *ota.Journal) {
+		if j.State != ota.StateInstall {
+			return
+		}
+		once.Do(func() {
+			// What a kill mid-placement leaves: the previous copy kept, the new bytes in place.
+			if err := os.Link(filepath.Join(work, "run.sh"), filepath.Join(work, ".fieldota-prev-run.sh")); err != nil {
+				t.Error(err)
+			}
+			if err := os.Remove(filepath.Join(work, "run.sh")); err != nil {
+				t.Error(err)
+			}
+			if err := os.WriteFile(filepath.Join(work, "run.sh"), script, 0o755); err != nil {
+				t.Error(err)
+			}
+			if err := h.sim.CancelJob("half", jobsim.CancelJobInput{Force: true}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	h.run()
+	h.waitTerminal("half")
+	h.waitFor("the agent to finish the job", func() bool {
+		_, err := os.Stat(filepath.Join(h.cfg.StateDir, "staging", "half-1"))
+		return os.IsNotExist(err)
+	})
+	if got, _ := os.ReadFile(filepath.Join(work, "run.sh")); string(got) != string(old) {
+		t.Fatalf("run.sh is %q after the cancel", got)
+	}
+	if ex, _ := h.sim.DescribeJobExecution("half", thing, 0); ex.Status != "CANCELED" {
+		t.Fatalf("status %s", ex.Status)
+	}
+	ents, _ := os.ReadDir(work)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".fieldota-") {
+			t.Fatalf("left behind: %s", e.Name())
+		}
+	}
 }

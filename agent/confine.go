@@ -21,9 +21,10 @@ func confined(dir string, roots []string) error {
 		return reason.Errorf(reason.InstallFailed, "resolving working directory: %w", err)
 	}
 	for _, r := range roots {
-		rr, err := filepath.EvalSymlinks(r)
+		// A root that does not exist yet is created by the installer, like the directory.
+		rr, err := resolveExisting(r)
 		if err != nil {
-			continue // a root that does not exist confines nothing
+			continue
 		}
 		if real == rr || strings.HasPrefix(real, rr+string(filepath.Separator)) {
 			return nil

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/download"
@@ -58,12 +59,23 @@ func (a *Agent) inProgress(ctx context.Context, j *ota.Journal, d map[string]str
 		return "", nil
 	case errors.Is(err, errCanceled):
 		a.log.Info("execution ended by the service; stopping", "job", j.JobID, "err", err)
+		if !failed(j) {
+			ota.Fail(j, reason.Errorf(reason.Canceled, "the execution was ended by the service during %s", d["stage"]), map[string]string{"stage": d["stage"]})
+		}
 		return ota.EvCancel, nil
 	case ctx.Err() != nil:
 		return "", ctx.Err()
 	default:
-		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": d["stage"]}), nil
+		if !failed(j) {
+			ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": d["stage"]})
+		}
+		return ota.EvFail, nil
 	}
+}
+
+// failed tells whether a failure is already recorded: the first reason is the one reported.
+func failed(j *ota.Journal) bool {
+	return j.Report != nil && j.Report.Status != string(jobs.Succeeded)
 }
 
 // retryTransient runs f until it succeeds, fails for good, or ctx ends. Timeouts, throttling,
@@ -119,7 +131,9 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	jobCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go a.watchCancel(jobCtx, cancel, j)
-	prog := newProgress(a.cfg.Jobs.ProgressEvery, a.cfg.Jobs.ProgressInterval.Duration, a.now)
+	// Half the step timer: a download that progresses slowly keeps its execution alive.
+	heartbeat := time.Duration(a.cfg.Jobs.StepTimeoutMinutes) * time.Minute / 2
+	prog := newProgress(a.cfg.Jobs.ProgressEvery, a.cfg.Jobs.ProgressInterval.Duration, heartbeat, a.now)
 	reporterDone := make(chan struct{})
 	go func() {
 		defer close(reporterDone)

@@ -45,6 +45,10 @@ type updater struct {
 	retryWait   time.Duration // between attempts of a terminal report; grows to 10× this
 }
 
+// maxVersionAdoptions bounds how often one update adopts the service's versionNumber after a
+// VersionMismatch (each lost answer on a bad link costs one).
+const maxVersionAdoptions = 5
+
 // inProgress reports IN_PROGRESS with the complete statusDetails map and refreshes the step
 // timer. A VersionMismatch is resolved once by adopting the service's version.
 func (u *updater) inProgress(ctx context.Context, j *ota.Journal, details map[string]string) error {
@@ -70,8 +74,9 @@ func (u *updater) inProgress(ctx context.Context, j *ota.Journal, details map[st
 			return fmt.Errorf("%w: %v", errCanceled, err)
 		}
 		var re *jobs.RejectedError
-		if errors.Is(err, jobs.ErrVersionMismatch) && errors.As(err, &re) && re.ExecutionState != nil && attempt == 0 {
-			// Someone (our own earlier, unacknowledged update) moved the version: adopt it.
+		if errors.Is(err, jobs.ErrVersionMismatch) && errors.As(err, &re) && re.ExecutionState != nil && attempt < maxVersionAdoptions {
+			// Our own earlier update landed but its answer was lost (the client resends on a
+			// timeout): adopt the service's version. The map is complete, so resending is safe.
 			j.VersionNumber = re.ExecutionState.VersionNumber
 			continue
 		}
@@ -80,16 +85,21 @@ func (u *updater) inProgress(ctx context.Context, j *ota.Journal, details map[st
 }
 
 // terminal delivers j.Report until the service accepts it or says the execution is already
-// terminal or gone. It only gives up when ctx ends (the journal keeps the report for the next start).
+// terminal or gone. Transient failures are retried until ctx ends (the journal keeps the report
+// for the next start); a refusal that no retry can change ends the attempt after a few tries,
+// logged loudly, so that one undeliverable report cannot stop every later job — the service's
+// step timer then ends the execution.
 func (u *updater) terminal(ctx context.Context, j *ota.Journal) error {
 	details := ota.SanitizeDetails(j.Report.Details)
+	status := jobs.Status(j.Report.Status)
 	wait := u.retryWait
 	if wait == 0 {
 		wait = 2 * time.Second
 	}
+	permanent := 0
 	for attempt := 0; ; attempt++ {
 		in := jobs.UpdateInput{
-			Status:                   jobs.Status(j.Report.Status),
+			Status:                   status,
 			StatusDetails:            details,
 			ExecutionNumber:          j.ExecutionNumber,
 			IncludeJobExecutionState: true,
@@ -99,22 +109,35 @@ func (u *updater) terminal(ctx context.Context, j *ota.Journal) error {
 		}
 		_, err := u.api.Update(ctx, j.JobID, in)
 		var re *jobs.RejectedError
+		errors.As(err, &re)
 		switch {
 		case err == nil:
-			u.log.Info("reported", "job", j.JobID, "execution", j.ExecutionNumber, "status", j.Report.Status, "reason", details["reason"])
+			u.log.Info("reported", "job", j.JobID, "execution", j.ExecutionNumber, "status", status, "reason", details["reason"])
 			return nil
 		case endedByService(err):
 			// Either our own earlier attempt landed (the answer was lost), or the service ended
 			// the execution first (canceled, timed out, deleted). Nothing more to say.
 			u.log.Info("report not needed: execution already ended", "job", j.JobID, "err", err)
 			return nil
-		case errors.Is(err, jobs.ErrVersionMismatch) && errors.As(err, &re) && re.ExecutionState != nil:
+		case errors.Is(err, jobs.ErrVersionMismatch) && re != nil && re.ExecutionState != nil:
 			j.VersionNumber = re.ExecutionState.VersionNumber
 			continue
-		case errors.Is(err, jobs.ErrInvalidRequest):
+		case status == jobs.Rejected && errors.Is(err, jobs.ErrInvalidStateTransition):
+			// The execution was started meanwhile (by another client, or an earlier life of
+			// this one): AWS refuses REJECTED after IN_PROGRESS, so the refusal goes as FAILED.
+			u.log.Warn("REJECTED refused after start; reporting FAILED", "job", j.JobID)
+			status = jobs.Failed
+			continue
+		case errors.Is(err, jobs.ErrInvalidRequest) && len(details) > 2:
 			// Should not happen (details are sanitized); drop the details rather than never report.
 			u.log.Error("report refused as invalid; retrying with minimal details", "job", j.JobID, "err", err)
 			details = ota.SanitizeDetails(map[string]string{"reason": j.Report.Details["reason"], "stage": j.Report.Details["stage"]})
+		case re != nil && !jobs.Retryable(err):
+			permanent++
+			if permanent >= maxPermanentRefusals {
+				u.log.Error("report refused for good; leaving the execution to its step timer", "job", j.JobID, "status", status, "err", err)
+				return nil
+			}
 		default:
 			u.log.Warn("report not delivered yet; will retry", "job", j.JobID, "err", err)
 		}
@@ -123,6 +146,9 @@ func (u *updater) terminal(ctx context.Context, j *ota.Journal) error {
 		}
 	}
 }
+
+// maxPermanentRefusals is how often a report the service refuses outright is tried again.
+const maxPermanentRefusals = 5
 
 // sleepCtx waits d or until ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -140,16 +166,18 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // `interval`; the final 100 % is always sent. It never blocks the download: reports are handed
 // to a goroutine through a one-slot mailbox that keeps only the latest value.
 type progress struct {
-	every    int
-	interval time.Duration
-	now      func() time.Time
-	lastPct  int
-	lastAt   time.Time
-	mailbox  chan int
+	every     int
+	interval  time.Duration
+	heartbeat time.Duration // report even without 'every' percent of progress this often (the step timer)
+	now       func() time.Time
+	lastPct   int
+	lastAt    time.Time
+	mailbox   chan int
 }
 
-func newProgress(every int, interval time.Duration, now func() time.Time) *progress {
-	return &progress{every: every, interval: interval, now: now, lastPct: -1, mailbox: make(chan int, 1)}
+func newProgress(every int, interval, heartbeat time.Duration, now func() time.Time) *progress {
+	// The accept state already reported 0 %: count from there.
+	return &progress{every: every, interval: interval, heartbeat: heartbeat, now: now, lastAt: now(), mailbox: make(chan int, 1)}
 }
 
 // observe is the downloader's progress callback.
@@ -159,10 +187,12 @@ func (p *progress) observe(done, total int64) {
 	}
 	pct := int(done * 100 / total)
 	now := p.now()
-	if pct != 100 && (pct < p.lastPct+p.every || now.Sub(p.lastAt) < p.interval) {
-		return
-	}
-	if pct == p.lastPct {
+	step := pct >= p.lastPct+p.every && now.Sub(p.lastAt) >= p.interval
+	// A slow link may take longer than the step timer for one step: report anyway, so the
+	// service does not time out a download that is still making progress.
+	beat := p.heartbeat > 0 && now.Sub(p.lastAt) >= p.heartbeat
+	last := pct == 100 && p.lastPct != 100
+	if !step && !beat && !last {
 		return
 	}
 	p.lastPct, p.lastAt = pct, now

@@ -297,16 +297,23 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 	if booted != j.Slot {
 		return s.probationGone(j, "commit", booted), nil
 	}
-	switch ev, err := s.a.inProgress(ctx, j, s.details(j, "commit", nil)); {
-	case err != nil:
-		return "", err
-	case ev == ota.EvCancel:
-		// Canceled during probation: the old software goes back, as for any failure.
-		return s.fail(j, "commit", reason.Errorf(reason.Canceled, "the execution was canceled before the commit"), nil), nil
-	case ev != "":
-		return ev, nil
+	bl := s.bootloader()
+	if st, err := slot.ReadStatus(ctx, bl); err == nil && st.Slot == j.Slot && !st.Try {
+		// Committed before a kill: a commit is not undone by a cancel that came after it;
+		// finish recording it.
+		s.a.log.Info("slot already committed; finishing", "job", j.JobID, "slot", j.Slot)
+	} else {
+		switch ev, err := s.a.inProgress(ctx, j, s.details(j, "commit", nil)); {
+		case err != nil:
+			return "", err
+		case ev == ota.EvCancel:
+			// Canceled during probation: the old software goes back, as for any failure.
+			return s.fail(j, "commit", reason.Errorf(reason.Canceled, "the execution was canceled before the commit"), nil), nil
+		case ev != "":
+			return ev, nil
+		}
 	}
-	if err := slot.Commit(ctx, s.bootloader(), j.Slot); err != nil {
+	if err := slot.Commit(ctx, bl, j.Slot); err != nil {
 		return s.fail(j, "commit", err, nil), nil
 	}
 	if err := recordInstalled(s.a.cfg.StateDir, s.a.targetKey(&jobdoc.Document{Target: jobdoc.TargetSlot}), j.Version); err != nil {
@@ -325,7 +332,7 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 	// Best effort and short: rolling back must not wait for a broker the new slot cannot reach.
 	rctx, cancel := context.WithTimeout(ctx, s.a.cfg.Jobs.RequestTimeout.Duration)
-	_, _ = s.a.inProgress(rctx, j, s.details(j, "rollback", nil))
+	_ = s.a.upd.inProgress(rctx, j, s.details(j, "rollback", nil)) // never replaces the reason
 	cancel()
 	if ctx.Err() != nil {
 		return "", ctx.Err()

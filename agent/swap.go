@@ -271,6 +271,12 @@ func (a *Agent) commitBinary(ctx context.Context, j *ota.Journal) (ota.Event, er
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "commit"}), nil
 	}
+	// A job canceled during probation is rolled back like a failed one, never committed.
+	if inst, _ := loadInstalled(a.cfg.StateDir); inst[a.targetKey(spec)] != j.Version {
+		if ev, err := a.inProgress(ctx, j, details(j, "commit", nil)); ev != "" || err != nil {
+			return ev, err
+		}
+	}
 	if err := recordInstalled(a.cfg.StateDir, a.targetKey(spec), j.Version); err != nil {
 		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "commit"}), nil
 	}

@@ -37,6 +37,14 @@ const DefaultMaxTransitions = 30
 
 var loopExempt = map[State]bool{StateReport: true, StateCleanup: true, StateDone: true}
 
+// changesSoftware are the states in which new software may already be placed, written or on
+// trial: a loop there ends in a rollback, not straight in a report.
+var changesSoftware = map[State]bool{StateInstall: true, StateReboot: true, StateSelftest: true, StateCommit: true}
+
+// RollbackBudget is how many more transitions a rollback may take once the breaker tripped
+// (a slot rollback reboots, and a reboot resumes the journal).
+const RollbackBudget = 10
+
 func (m *Machine) log() *slog.Logger {
 	if m.Logger != nil {
 		return m.Logger
@@ -115,13 +123,17 @@ func (m *Machine) enter(j *Journal) error {
 	if max == 0 {
 		max = DefaultMaxTransitions
 	}
-	if j.Transitions > max && !loopExempt[j.State] {
-		m.log().Error("loop breaker tripped", "job", j.JobID, "state", j.State, "transitions", j.Transitions)
-		detail := fmt.Sprintf("update stopped after %d transitions (last state %s): the agent kept restarting", j.Transitions, j.State)
-		if j.Report != nil && j.Report.Details["reason"] != "" {
-			detail += "; earlier failure: " + j.Report.Details["reason"]
-		}
-		fail(j, reason.Internal, detail)
+	switch {
+	case j.Transitions <= max || loopExempt[j.State]:
+	case j.State == StateRollback && j.Transitions <= max+RollbackBudget:
+		// A rollback started by the breaker (or before it) gets its own small budget.
+	case changesSoftware[j.State]:
+		// New software may be in place or on trial: undo it before reporting, never report
+		// over a half-installed device.
+		m.trip(j, max)
+		j.State = StateRollback
+	default:
+		m.trip(j, max)
 		j.State = StateReport
 	}
 	if err := m.Store.Save(j); err != nil {
@@ -131,6 +143,16 @@ func (m *Machine) enter(j *Journal) error {
 		m.OnTransition(j)
 	}
 	return nil
+}
+
+// trip records the loop breaker's verdict, keeping the first failure's reason in the detail.
+func (m *Machine) trip(j *Journal, max int) {
+	m.log().Error("loop breaker tripped", "job", j.JobID, "state", j.State, "transitions", j.Transitions, "max", max)
+	detail := fmt.Sprintf("update stopped after %d transitions (last state %s): the agent kept restarting", j.Transitions, j.State)
+	if j.Report != nil && j.Report.Details["reason"] != "" {
+		detail += "; earlier failure: " + j.Report.Details["reason"]
+	}
+	fail(j, reason.Internal, detail)
 }
 
 // fail records a FAILED terminal report with a reason, keeping details already gathered.

@@ -337,3 +337,58 @@ func TestSanitizedDetailsAlwaysMeetAWSLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopInSoftwareChangingStateRollsBackBeforeReporting: a crash loop while new software is
+// on trial must not end in a report over a half-updated device: the rollback runs first.
+func TestLoopInSoftwareChangingStateRollsBackBeforeReporting(t *testing.T) {
+	for _, looping := range []State{StateInstall, StateReboot, StateSelftest, StateCommit} {
+		t.Run(string(looping), func(t *testing.T) {
+			st := &Store{Dir: t.TempDir()}
+			r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateRollback: {EvRolledBack}}}
+			var reported *Report
+			h := r.handlers()
+			h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
+				reported = j.Report
+				return EvOK, nil
+			}
+			m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
+			// The journal as a restart loop leaves it: in the looping state, out of budget.
+			j := &Journal{JobID: "loop", State: looping, Transitions: 12}
+			if err := st.Save(j); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.ResumeJournal(context.Background(), j); err != nil {
+				t.Fatal(err)
+			}
+			if len(r.chain) == 0 || r.chain[0] != StateRollback {
+				t.Fatalf("chain %v: the rollback did not run first", r.chain)
+			}
+			if reported == nil || reported.Details["reason"] != "INTERNAL" {
+				t.Fatalf("report %+v", reported)
+			}
+		})
+	}
+}
+
+// TestRollbackThatLoopsTooLongStillEndsInAReport: the rollback's own budget is bounded too.
+func TestRollbackThatLoopsTooLongStillEndsInAReport(t *testing.T) {
+	st := &Store{Dir: t.TempDir()}
+	r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateRollback: {EvReboot}}}
+	var reported *Report
+	h := r.handlers()
+	h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
+		reported = j.Report
+		return EvOK, nil
+	}
+	m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
+	j := &Journal{JobID: "loop", State: StateSelftest, Transitions: 12}
+	if err := m.ResumeJournal(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.runs[StateRollback]; n < RollbackBudget-1 || n > RollbackBudget+1 {
+		t.Fatalf("rollback ran %d times", n)
+	}
+	if reported == nil || reported.Details["reason"] != "INTERNAL" {
+		t.Fatalf("report %+v", reported)
+	}
+}

@@ -69,7 +69,7 @@ var transitions = map[State]map[Event]State{
 	// and it runs the old one (rolledback → report BOOT_FAILED).
 	StateReboot:   {EvOK: StateSelftest, EvRolledBack: StateReport, EvFail: StateRollback, EvCancel: StateRollback},
 	StateSelftest: {EvOK: StateCommit, EvFail: StateRollback, EvCancel: StateRollback},
-	StateCommit:   {EvOK: StateReport, EvFail: StateRollback},
+	StateCommit:   {EvOK: StateReport, EvFail: StateRollback, EvCancel: StateRollback},
 	// Rollback reports when the old software runs again; EvReboot means it asked for a reboot
 	// into the old slot and continues in StateRollback after it.
 	StateRollback: {EvRolledBack: StateReport, EvReboot: StateRollback, EvFail: StateReport},

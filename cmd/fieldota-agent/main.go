@@ -78,6 +78,10 @@ func run(ctx context.Context, cfgPath string) error {
 	var trust *verify.TrustStore
 	if len(cfg.Verify.Keys) > 0 || len(cfg.Verify.CACerts) > 0 {
 		if trust, err = verify.LoadTrustStore(cfg.Verify.Keys, cfg.Verify.CACerts); err != nil {
+			if a := agent.New(agent.Options{Config: cfg, Logger: log}); a.ProbationDeadline() > 0 && ctx.Err() == nil {
+				log.Error("the slot on trial cannot load its trust store: it counts as unhealthy", "err", err)
+				return a.FailProbationOffline(ctx)
+			}
 			return err
 		}
 	}
@@ -104,8 +108,12 @@ func run(ctx context.Context, cfgPath string) error {
 		OnNotifyNext:   a.NotifyNext,
 	})
 	cancel()
-	if err != nil && dialCtx.Err() != nil && ctx.Err() == nil {
-		log.Error("no broker within the probation deadline: the slot on trial counts as unhealthy", "err", err)
+	if err != nil && a.ProbationDeadline() > 0 && ctx.Err() == nil {
+		// Any failure to come up while a slot is on trial (no broker within the deadline, a
+		// certificate the new slot cannot read, a refused subscription) counts against the
+		// slot: it is rolled back rather than left running uncommitted and unjudged. A crash
+		// loop is caught by the journal's loop breaker, which rolls back too.
+		log.Error("cannot reach the Jobs service from the slot on trial: it counts as unhealthy", "err", err)
 		return a.FailProbationOffline(ctx)
 	}
 	if err != nil {

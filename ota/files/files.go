@@ -6,7 +6,9 @@
 package files
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +30,9 @@ type File struct {
 	Name   string      // base name in the working directory
 	Staged string      // path of the verified, staged payload
 	Mode   fs.FileMode // permission bits to give the placed file
+	// SHA256, when set, is checked while the staged payload is copied into place: bytes that
+	// changed on disk since they were verified are never placed.
+	SHA256 []byte
 }
 
 // Plan is one files install.
@@ -153,8 +158,14 @@ func place(dir string, f File) error {
 	}
 	defer src.Close()
 	return durable.Write(target, f.Mode.Perm(), func(w io.Writer) error {
-		_, err := io.Copy(w, src)
-		return err
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(w, h), src); err != nil {
+			return err
+		}
+		if f.SHA256 != nil && !bytes.Equal(h.Sum(nil), f.SHA256) {
+			return reason.Errorf(reason.DigestMismatch, "staged %s changed since it was verified", f.Name)
+		}
+		return nil
 	})
 }
 

@@ -2,6 +2,7 @@ package files
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
@@ -236,4 +237,21 @@ func TestSymlinkAtTargetIsNotFollowed(t *testing.T) {
 	if !errors.Is(err, reason.InstallFailed) || read(t, victim) != "keep" {
 		t.Fatalf("symlink followed: %v %q", err, read(t, victim))
 	}
+}
+
+func TestStagedPayloadChangedAfterVerificationIsNotPlaced(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.conf"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verified := sha256.Sum256([]byte("verified bytes"))
+	staged := stage(t, "bytes swapped on disk after verify")
+	_, err := Install(context.Background(), Plan{Dir: dir, Files: []File{{Name: "app.conf", Staged: staged, Mode: 0o644, SHA256: verified[:]}}})
+	if !errors.Is(err, reason.DigestMismatch) || !errors.Is(err, reason.InstallFailed) {
+		t.Fatalf("want INSTALL_FAILED with DIGEST_MISMATCH, got %v", err)
+	}
+	if read(t, filepath.Join(dir, "app.conf")) != "old" {
+		t.Fatal("changed bytes were placed")
+	}
+	assertNoMarkers(t, dir)
 }

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/ota"
+)
+
+// lossyService is a fake Jobs service whose answers can be lost: it applies an update, then
+// (while lose > 0) drops the answer, so the client's resend meets VersionMismatch — what a slow
+// link does to a device that sends expectedVersion. It also refuses what AWS refuses.
+type lossyService struct {
+	mu      sync.Mutex
+	status  jobs.Status
+	version int64
+	lose    int
+	refuse  string // a rejection code returned for every update, if set
+	sent    []jobs.Status
+}
+
+func (s *lossyService) Describe(context.Context, jobs.DescribeInput) (*jobs.JobExecution, error) {
+	return nil, nil
+}
+
+func (s *lossyService) Update(_ context.Context, _ string, in jobs.UpdateInput) (*jobs.UpdateResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sent = append(s.sent, in.Status)
+	state := &jobs.JobExecutionState{Status: s.status, VersionNumber: s.version}
+	if s.refuse != "" {
+		return nil, &jobs.RejectedError{Code: s.refuse, ExecutionState: state}
+	}
+	if in.ExpectedVersion != nil && *in.ExpectedVersion != s.version {
+		return nil, &jobs.RejectedError{Code: jobs.CodeVersionMismatch, ExecutionState: state}
+	}
+	if s.status == jobs.InProgress && in.Status == jobs.Rejected {
+		return nil, &jobs.RejectedError{Code: jobs.CodeInvalidStateTransition, ExecutionState: state}
+	}
+	s.status, s.version = in.Status, s.version+1
+	if s.lose > 0 {
+		s.lose--
+		return nil, jobs.ErrTimeout // applied, answer lost
+	}
+	return &jobs.UpdateResult{ExecutionState: &jobs.JobExecutionState{Status: s.status, VersionNumber: s.version}}, nil
+}
+
+func newUpdater(api jobsAPI) *updater {
+	return &updater{api: api, log: slog.New(slog.DiscardHandler), now: time.Now, retryWait: time.Millisecond}
+}
+
+func TestLostAnswersOnASlowLinkDoNotFailTheJob(t *testing.T) {
+	svc := &lossyService{status: jobs.InProgress, version: 1}
+	u := newUpdater(svc)
+	j := &ota.Journal{JobID: "j", VersionNumber: 1}
+	for i := 0; i < 3; i++ {
+		svc.lose = 1 // every update's answer is lost once
+		err := u.inProgress(context.Background(), j, map[string]string{"stage": "download"})
+		for jobs.Retryable(err) || err == jobs.ErrTimeout {
+			err = u.inProgress(context.Background(), j, map[string]string{"stage": "download"}) // the agent retries transient errors
+		}
+		if err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+	}
+	if j.VersionNumber != svc.version {
+		t.Fatalf("journal version %d, service %d", j.VersionNumber, svc.version)
+	}
+}
+
+func TestRejectedRefusedAfterStartIsReportedAsFailed(t *testing.T) {
+	svc := &lossyService{status: jobs.InProgress, version: 3}
+	j := &ota.Journal{JobID: "j", VersionNumber: 3, Report: &ota.Report{Status: "REJECTED", Details: map[string]string{"reason": "INVALID_DOCUMENT", "stage": "validate"}}}
+	if err := newUpdater(svc).terminal(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	if svc.status != jobs.Failed {
+		t.Fatalf("service ended %s after %v", svc.status, svc.sent)
+	}
+}
+
+func TestReportRefusedForGoodDoesNotBlockTheAgentForever(t *testing.T) {
+	svc := &lossyService{status: jobs.InProgress, version: 1, refuse: jobs.CodeInvalidJson}
+	j := &ota.Journal{JobID: "j", VersionNumber: 1, Report: &ota.Report{Status: "SUCCEEDED", Details: map[string]string{"stage": "done"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := newUpdater(svc).terminal(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(svc.sent); n != maxPermanentRefusals {
+		t.Fatalf("sent %d times", n)
+	}
+}
+
+func TestSlowDownloadStillRefreshesTheStepTimer(t *testing.T) {
+	now := time.Unix(0, 0)
+	p := newProgress(10, time.Second, 30*time.Minute, func() time.Time { return now })
+	// 1 % an hour: no 10 % step for hours, yet the service must hear from us within the timer.
+	for i := 1; i <= 5; i++ {
+		now = now.Add(31 * time.Minute)
+		p.observe(int64(i), 1000)
+		select {
+		case <-p.mailbox:
+		default:
+			t.Fatalf("no report after %d minutes without a 10 %% step", i*31)
+		}
+	}
+}
