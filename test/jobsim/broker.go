@@ -107,7 +107,21 @@ func (e *embedded) disconnect(thing string) error {
 	return err
 }
 
-func (e *embedded) close() error { return e.srv.Close() }
+func (e *embedded) close() error {
+	// mochi v2.7.9's Server.Close can deadlock: its closeListenerClients calls
+	// Clients.GetByListener, which takes the clients' read lock and then again inside Len; a
+	// client disconnecting at that moment (Delete waiting for the write lock) blocks the second
+	// read lock forever. Close the listeners first with a closer that takes one snapshot
+	// (GetAll, a single read lock); Server.Close then finds them closed and skips its own closer.
+	e.srv.Listeners.CloseAll(func(listener string) {
+		for _, cl := range e.srv.Clients.GetAll() {
+			if cl.Net.Listener == listener && !cl.Closed() {
+				_ = e.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
+	})
+	return e.srv.Close()
+}
 
 // thingAuth is AWS IoT's identity and policy, reduced to what matters here: on TLS the client
 // certificate's CN must equal the client id (the thing name); a device may publish and subscribe
