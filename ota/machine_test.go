@@ -126,6 +126,8 @@ type recorder struct {
 	script map[State][]Event // events returned on successive runs of a state
 	runs   map[State]int
 	chain  []State
+	// reported is the journal's report as the report state saw it.
+	reported *Report
 }
 
 func (r *recorder) handlers() map[State]Handler {
@@ -134,6 +136,9 @@ func (r *recorder) handlers() map[State]Handler {
 		s := s
 		h[s] = func(ctx context.Context, j *Journal) (Event, error) {
 			r.chain = append(r.chain, s)
+			if s == StateReport {
+				r.reported = j.Report
+			}
 			evs := r.script[s]
 			n := r.runs[s]
 			r.runs[s]++
@@ -171,18 +176,13 @@ func TestFilesFlowRunsInOrderAndRemovesJournal(t *testing.T) {
 func TestDownloadFailureIsReportedWithItsReason(t *testing.T) {
 	st := &Store{Dir: t.TempDir()}
 	r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateDownload: {EvFail}}}
-	var reported *Report
 	h := r.handlers()
-	h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
-		reported = j.Report
-		return EvOK, nil
-	}
 	m := &Machine{Store: st, Handlers: h}
 	if err := m.Begin(context.Background(), &Journal{JobID: "job1"}); err != nil {
 		t.Fatal(err)
 	}
-	if reported == nil || reported.Status != "FAILED" || reported.Details["reason"] != "DOWNLOAD_FAILED" {
-		t.Fatalf("report %+v", reported)
+	if r.reported == nil || r.reported.Status != "FAILED" || r.reported.Details["reason"] != "DOWNLOAD_FAILED" {
+		t.Fatalf("report %+v", r.reported)
 	}
 }
 
@@ -191,35 +191,25 @@ func TestLoopBreakerStopsACrashLoopAndReportsInternal(t *testing.T) {
 	// Selftest fails, rollback keeps asking for a reboot forever.
 	r := &recorder{runs: map[State]int{}, script: map[State][]Event{
 		StateInstall: {EvReboot}, StateSelftest: {EvFail}, StateRollback: {EvReboot}}}
-	var reported *Report
 	h := r.handlers()
-	h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
-		reported = j.Report
-		return EvOK, nil
-	}
 	m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
 	if err := m.Begin(context.Background(), &Journal{JobID: "loop"}); err != nil {
 		t.Fatal(err)
 	}
-	if reported == nil || reported.Details["reason"] != "INTERNAL" || !strings.Contains(reported.Details["detail"], "transitions") {
-		t.Fatalf("report %+v", reported)
+	if r.reported == nil || r.reported.Details["reason"] != "INTERNAL" || !strings.Contains(r.reported.Details["detail"], "transitions") {
+		t.Fatalf("report %+v", r.reported)
 	}
 }
 
 func TestUnknownEventBecomesInternalReportNotAGuess(t *testing.T) {
 	st := &Store{Dir: t.TempDir()}
 	r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateVerify: {EvReboot}}}
-	var reported *Report
 	h := r.handlers()
-	h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
-		reported = j.Report
-		return EvOK, nil
-	}
 	if err := (&Machine{Store: st, Handlers: h}).Begin(context.Background(), &Journal{JobID: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	if reported == nil || reported.Details["reason"] != "INTERNAL" {
-		t.Fatalf("report %+v", reported)
+	if r.reported == nil || r.reported.Details["reason"] != "INTERNAL" {
+		t.Fatalf("report %+v", r.reported)
 	}
 }
 
@@ -345,12 +335,7 @@ func TestLoopInSoftwareChangingStateRollsBackBeforeReporting(t *testing.T) {
 		t.Run(string(looping), func(t *testing.T) {
 			st := &Store{Dir: t.TempDir()}
 			r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateRollback: {EvRolledBack}}}
-			var reported *Report
 			h := r.handlers()
-			h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
-				reported = j.Report
-				return EvOK, nil
-			}
 			m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
 			// The journal as a restart loop leaves it: in the looping state, out of budget.
 			j := &Journal{JobID: "loop", State: looping, Transitions: 12}
@@ -363,8 +348,8 @@ func TestLoopInSoftwareChangingStateRollsBackBeforeReporting(t *testing.T) {
 			if len(r.chain) == 0 || r.chain[0] != StateRollback {
 				t.Fatalf("chain %v: the rollback did not run first", r.chain)
 			}
-			if reported == nil || reported.Details["reason"] != "INTERNAL" {
-				t.Fatalf("report %+v", reported)
+			if r.reported == nil || r.reported.Details["reason"] != "INTERNAL" {
+				t.Fatalf("report %+v", r.reported)
 			}
 		})
 	}
@@ -374,12 +359,7 @@ func TestLoopInSoftwareChangingStateRollsBackBeforeReporting(t *testing.T) {
 func TestRollbackThatLoopsTooLongStillEndsInAReport(t *testing.T) {
 	st := &Store{Dir: t.TempDir()}
 	r := &recorder{runs: map[State]int{}, script: map[State][]Event{StateRollback: {EvReboot}}}
-	var reported *Report
 	h := r.handlers()
-	h[StateReport] = func(ctx context.Context, j *Journal) (Event, error) {
-		reported = j.Report
-		return EvOK, nil
-	}
 	m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
 	j := &Journal{JobID: "loop", State: StateSelftest, Transitions: 12}
 	if err := m.ResumeJournal(context.Background(), j); err != nil {
@@ -388,7 +368,7 @@ func TestRollbackThatLoopsTooLongStillEndsInAReport(t *testing.T) {
 	if n := r.runs[StateRollback]; n < RollbackBudget-1 || n > RollbackBudget+1 {
 		t.Fatalf("rollback ran %d times", n)
 	}
-	if reported == nil || reported.Details["reason"] != "INTERNAL" {
-		t.Fatalf("report %+v", reported)
+	if r.reported == nil || r.reported.Details["reason"] != "INTERNAL" {
+		t.Fatalf("report %+v", r.reported)
 	}
 }
