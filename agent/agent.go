@@ -73,7 +73,7 @@ func New(o Options) *Agent {
 		recheck: make(chan struct{}, 1),
 		done:    map[execKey]bool{},
 	}
-	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log, now: now}
+	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log}
 	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
 	a.machine.Handlers = a.handlers()
 	return a

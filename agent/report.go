@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"time"
 
 	"github.com/fieldota/fieldota/agent/jobs"
@@ -41,7 +40,6 @@ type updater struct {
 	api         jobsAPI
 	stepTimeout int64
 	log         *slog.Logger
-	now         func() time.Time
 	retryWait   time.Duration // between attempts of a terminal report; grows to 10× this
 }
 
@@ -209,11 +207,4 @@ func (p *progress) observe(done, total int64) {
 		default:
 		}
 	}
-}
-
-func cloneDetails(d map[string]string) map[string]string {
-	if d == nil {
-		return map[string]string{}
-	}
-	return maps.Clone(d)
 }

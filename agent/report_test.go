@@ -50,7 +50,7 @@ func (s *lossyService) Update(_ context.Context, _ string, in jobs.UpdateInput) 
 }
 
 func newUpdater(api jobsAPI) *updater {
-	return &updater{api: api, log: slog.New(slog.DiscardHandler), now: time.Now, retryWait: time.Millisecond}
+	return &updater{api: api, log: slog.New(slog.DiscardHandler), retryWait: time.Millisecond}
 }
 
 func TestLostAnswersOnASlowLinkDoNotFailTheJob(t *testing.T) {
