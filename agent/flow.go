@@ -7,6 +7,7 @@ import (
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/verify"
 )
 
 // flow is what one target (files, slot, binary) contributes: handlers for the states between
@@ -18,6 +19,9 @@ type flow struct {
 	ready func() error
 	// sink, when set, opens where file i of the job is downloaded to; nil means a staged file.
 	sink func(j *ota.Journal, i int) (sinkCloser, error)
+	// key resolves where a release installs, refusing a location that is not safe (UNSAFE_PATH)
+	// or not configured; the result is what installed.json records the release under.
+	key func(r *verify.Release) (string, error)
 }
 
 // flows holds each target's flow constructor; every target registers itself from its own file

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +15,6 @@ import (
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota"
-	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
 )
 
@@ -107,7 +108,7 @@ func (a *Agent) stagingDir(j *ota.Journal) string {
 }
 
 func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error) {
-	spec, err := parseJob(j.Document, a.cfg)
+	jb, err := a.jobOf(j)
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "download"}), nil
 	}
@@ -115,15 +116,16 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return ota.Fail(j, reason.Wrap(reason.InstallFailed, err), map[string]string{"stage": "download"}), nil
 	}
-	if len(j.Staged) != len(spec.Files) {
-		j.Staged = make([]ota.Staged, len(spec.Files))
-		for i, f := range spec.Files {
-			j.Staged[i] = ota.Staged{Name: f.FileName, Path: filepath.Join(dir, fmt.Sprintf("%d.payload", i)),
+	if len(j.Staged) != len(jb.rel.Files) {
+		// Sizes come from the signed release: no byte past them is ever downloaded.
+		j.Staged = make([]ota.Staged, len(jb.rel.Files))
+		for i, f := range jb.rel.Files {
+			j.Staged[i] = ota.Staged{Name: f.Name, Path: filepath.Join(dir, fmt.Sprintf("%d.payload", i)),
 				Checkpoint: filepath.Join(dir, fmt.Sprintf("%d.checkpoint", i)), Size: f.Size}
 		}
 	}
 	var total, before int64
-	for _, f := range spec.Files {
+	for _, f := range jb.rel.Files {
 		total += f.Size
 	}
 
@@ -141,13 +143,13 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	}()
 	defer func() { cancel(nil); <-reporterDone }()
 
-	for i, f := range spec.Files {
+	for i, f := range jb.rel.Files {
 		st := &j.Staged[i]
 		if st.SHA256 != "" {
 			before += f.Size
 			continue
 		}
-		res, err := a.fetch(jobCtx, j, i, f, st, func(done, _ int64) { prog.observe(before+done, total) })
+		res, err := a.fetch(jobCtx, j, i, jb.doc.Files[i].URL, st, func(done, _ int64) { prog.observe(before+done, total) })
 		if cause := context.Cause(jobCtx); errors.Is(cause, errCanceled) {
 			return ota.EvCancel, nil
 		}
@@ -162,7 +164,7 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 		}
 		st.SHA256 = hex.EncodeToString(res.SHA256)
 		before += f.Size
-		a.log.Info("downloaded", "job", j.JobID, "file", f.FileName, "bytes", res.Size, "resumed", res.Resumed, "refreshes", res.Refreshes)
+		a.log.Info("downloaded", "job", j.JobID, "file", f.Name, "bytes", res.Size, "resumed", res.Resumed, "refreshes", res.Refreshes)
 	}
 	return ota.EvOK, nil
 }
@@ -189,42 +191,33 @@ func (a *Agent) openSink(j *ota.Journal, i int, st *ota.Staged) (sinkCloser, err
 	return f, nil
 }
 
-func (a *Agent) fetch(ctx context.Context, j *ota.Journal, i int, f jobdoc.File, st *ota.Staged, progress func(done, total int64)) (download.Result, error) {
+func (a *Agent) fetch(ctx context.Context, j *ota.Journal, i int, url string, st *ota.Staged, progress func(done, total int64)) (download.Result, error) {
 	sink, err := a.openSink(j, i, st)
 	if err != nil {
 		return download.Result{}, err
 	}
 	defer sink.Close()
-	if err := a.checkURL(f.URL); err != nil {
-		return download.Result{}, err
-	}
-	// The expected digest is not handed to the downloader: Verify checks the signature first,
-	// so that bytes which are not what the owner signed are reported as SIGNATURE_INVALID.
+	dc := a.cfg.Download
+	// The expected digest is checked in verify, after any detached signature: bytes that are
+	// not what a codesign object signed read SIGNATURE_INVALID.
 	return download.Download(ctx, download.Request{
-		URL:            f.URL,
-		Size:           f.Size,
+		URL:            url,
+		Size:           st.Size,
 		Sink:           sink,
 		CheckpointPath: st.Checkpoint,
 		Refresh: func(ctx context.Context) (string, error) {
 			return a.freshURL(ctx, j, i)
 		},
-		MaxRefreshes: a.cfg.Download.MaxRefreshes,
-		Stall:        a.cfg.Download.StallTimeout.Duration,
-		RateLimit:    a.cfg.Download.RateLimit,
-		Progress:     progress,
-		Logger:       a.log,
+		MaxRefreshes:   dc.MaxRefreshes,
+		Stall:          dc.StallTimeout.Duration,
+		RateLimit:      dc.RateLimit,
+		MinSpeed:       dc.MinSpeed,
+		MinSpeedWindow: dc.MinSpeedWindow.Duration,
+		MaxSlow:        dc.MaxSlowWindows,
+		Policy:         a.urlPolicy(),
+		Progress:       progress,
+		Logger:         a.log,
 	})
-}
-
-// checkURL refuses plain http unless the configuration allows it (the local emulator).
-func (a *Agent) checkURL(u string) error {
-	if len(u) >= 8 && u[:8] == "https://" {
-		return nil
-	}
-	if len(u) >= 7 && u[:7] == "http://" && a.cfg.Download.AllowInsecureHTTP {
-		return nil
-	}
-	return reason.Errorf(reason.InvalidDocument, "payload URL scheme not allowed (https required; download.allow_insecure_http permits http)")
 }
 
 // freshURL describes the execution again: every delivery of the document carries a newly
@@ -242,14 +235,14 @@ func (a *Agent) freshURL(ctx context.Context, j *ota.Journal, i int) (string, er
 	if err != nil {
 		return "", err
 	}
-	spec, err := parseJob(exec.JobDocument, a.cfg)
+	doc, err := parseDoc(exec.JobDocument)
 	if err != nil {
 		return "", err
 	}
-	if i >= len(spec.Files) {
-		return "", reason.Errorf(reason.InvalidDocument, "the document changed: file %d is gone", i)
+	if i >= len(doc.Files) || i >= len(j.Staged) || doc.Files[i].FileName != j.Staged[i].Name {
+		return "", reason.Errorf(reason.InvalidDocument, "the document changed: file %d is not the one being downloaded any more", i)
 	}
-	return spec.Files[i].URL, nil
+	return doc.Files[i].URL, nil
 }
 
 // watchCancel re-describes the running execution whenever notify-next says the queue's head
@@ -290,44 +283,38 @@ func (a *Agent) reportProgress(ctx context.Context, cancel context.CancelCauseFu
 	}
 }
 
+// verifyStaged checks what the download brought against the release verified on arrival: size,
+// detached signature if any, and the signed digest. The bytes are checked again right before
+// they are installed (each target's install re-hashes them).
 func (a *Agent) verifyStaged(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 	if ev, err := a.inProgress(ctx, j, details(j, "verify", nil)); ev != "" || err != nil {
 		return ev, err
 	}
-	spec, err := parseJob(j.Document, a.cfg)
+	jb, err := a.jobOf(j)
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "verify"}), nil
 	}
-	pol, err := a.policy(spec)
-	if err != nil {
-		return ota.Fail(j, err, map[string]string{"stage": "verify"}), nil
-	}
-	for i, f := range spec.Files {
+	for i, f := range jb.rel.Files {
 		st := j.Staged[i]
 		digest, err := hex.DecodeString(st.SHA256)
 		if err != nil {
-			return ota.Fail(j, reason.Errorf(reason.Internal, "journal digest of %s: %w", f.FileName, err), map[string]string{"stage": "verify"}), nil
+			return ota.Fail(j, reason.Errorf(reason.Internal, "journal digest of %s: %w", f.Name, err), map[string]string{"stage": "verify"}), nil
 		}
 		fi, err := os.Stat(st.Path)
 		if err != nil {
-			return ota.Fail(j, reason.Errorf(reason.Internal, "staged %s: %w", f.FileName, err), map[string]string{"stage": "verify"}), nil
+			return ota.Fail(j, reason.Errorf(reason.Internal, "staged %s: %w", f.Name, err), map[string]string{"stage": "verify"}), nil
 		}
-		in := spec.VerifyInput(i)
 		size := fi.Size()
 		if !fi.Mode().IsRegular() {
 			// An A/B slot device: its size is the partition's, and the download wrote exactly
 			// st.Size bytes into it (more is refused by the downloader).
 			size = st.Size
 		}
-		in.Digest, in.Size = digest, size
-		vd, err := a.verifier().Verify(in, pol)
+		pv, err := a.verifier().CheckPayload(jb.rel, i, digest, size, a.now())
 		if err != nil {
 			return ota.Fail(j, err, map[string]string{"stage": "verify"}), nil
 		}
-		if vd.Version != "" {
-			j.Version = vd.Version
-		}
-		a.log.Info("verified", "job", j.JobID, "file", f.FileName, "key", vd.KeyID, "attested", vd.Attested, "version", vd.Version)
+		a.log.Info("verified", "job", j.JobID, "file", f.Name, "signed", jb.rel.Signed, "statementKey", jb.rel.KeyID, "codesignKey", pv.KeyID, "version", jb.rel.Version)
 	}
 	return ota.EvOK, nil
 }
@@ -348,4 +335,22 @@ func (a *Agent) cleanup(ctx context.Context, j *ota.Journal) (ota.Event, error) 
 		a.log.Warn("cleanup", "job", j.JobID, "err", err)
 	}
 	return ota.EvOK, nil
+}
+
+// recheckStaged re-hashes a staged payload from disk right before it is installed and checks it
+// against the release (the signed digest, and a detached signature if any): it may have sat
+// staged for a while, and the journal that names it is untrusted.
+func (a *Agent) recheckStaged(jb *job, i int, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return reason.Errorf(reason.Internal, "staged %s: %w", jb.rel.Files[i].Name, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return reason.Errorf(reason.Internal, "staged %s: %w", jb.rel.Files[i].Name, err)
+	}
+	_, err = a.verifier().CheckPayload(jb.rel, i, h.Sum(nil), n, a.now())
+	return err
 }

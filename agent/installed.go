@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,15 +10,40 @@ import (
 	"path/filepath"
 
 	"github.com/fieldota/fieldota/ota/durable"
+	"github.com/fieldota/fieldota/verify"
 )
 
-// installedFile records the version installed per target, written only when an install is
-// committed: anti-rollback compares against it, and `fieldota-agent status` shows it.
+// installedFile records what runs per target, written only when an install is committed:
+// anti-rollback compares against it, and `fieldota-agent status` shows it.
 const installedFile = "installed.json"
 
-// installed maps a target key (Agent.targetKey: "files:/opt/app/x", "slot", "binary:/usr/bin/myapp")
-// to a version.
-type installed map[string]string
+// installed maps a target key (flow.key: "files:/opt/app/releases/x" with every symlink
+// resolved, "binary:/usr/bin/myapp", "slot") to what was committed there.
+type installed map[string]installedEntry
+
+// installedEntry is one committed release. Only a Signed entry can refuse a signed release as
+// a downgrade (verify.Installed).
+type installedEntry struct {
+	Version string            `json:"version"`
+	Signed  bool              `json:"signed"`
+	Files   map[string]string `json:"files,omitempty"` // name → sha256 (hex) of what was installed
+}
+
+// UnmarshalJSON also reads the first format, a bare version string: recorded before releases
+// were signed as a whole, it counts as unsigned.
+func (e *installedEntry) UnmarshalJSON(b []byte) error {
+	var v string
+	if err := json.Unmarshal(b, &v); err == nil {
+		*e = installedEntry{Version: v}
+		return nil
+	}
+	type plain installedEntry
+	return json.Unmarshal(b, (*plain)(e))
+}
+
+func (e installedEntry) policy() verify.Installed {
+	return verify.Installed{Version: e.Version, Signed: e.Signed}
+}
 
 func loadInstalled(stateDir string) (installed, error) {
 	b, err := os.ReadFile(filepath.Join(stateDir, installedFile))
@@ -38,15 +64,38 @@ func loadInstalled(stateDir string) (installed, error) {
 	return m, nil
 }
 
-func recordInstalled(stateDir, target, version string) error {
+// recordInstalled records r as what runs at key.
+func recordInstalled(stateDir, key string, r *verify.Release) error {
 	m, err := loadInstalled(stateDir)
 	if err != nil {
 		return err
 	}
-	m[target] = version
+	e := installedEntry{Version: r.Version, Signed: r.Signed, Files: map[string]string{}}
+	for _, f := range r.Files {
+		e.Files[f.Name] = hex.EncodeToString(f.SHA256)
+	}
+	m[key] = e
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
 	return durable.WriteFile(filepath.Join(stateDir, installedFile), append(b, '\n'), 0o600)
+}
+
+// isInstalled tells whether r is exactly what was committed at key.
+func isInstalled(stateDir, key string, r *verify.Release) bool {
+	m, err := loadInstalled(stateDir)
+	if err != nil {
+		return false
+	}
+	e, ok := m[key]
+	if !ok || e.Version != r.Version || e.Signed != r.Signed || len(e.Files) != len(r.Files) {
+		return false
+	}
+	for _, f := range r.Files {
+		if e.Files[f.Name] != hex.EncodeToString(f.SHA256) {
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os/exec"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
 	"github.com/fieldota/fieldota/ota/slot"
+	"github.com/fieldota/fieldota/verify"
 )
 
 // The slot target (docs/ab-slots.md): the payload streams straight into the inactive slot
@@ -36,6 +38,7 @@ func init() {
 			},
 			ready: s.ready,
 			sink:  s.sink,
+			key:   func(*verify.Release) (string, error) { return "slot", nil },
 		}
 	})
 }
@@ -184,13 +187,21 @@ func (s *slotFlow) install(ctx context.Context, j *ota.Journal) (ota.Event, erro
 	if booted == j.Slot {
 		return s.fail(j, "install", reason.Errorf(reason.Internal, "refusing to install into the running slot %s", booted), nil), nil
 	}
-	stg := j.Staged[0]
-	if err := slot.ReadBack(ctx, s.pair().Path(j.Slot), stg.Size, stg.SHA256); err != nil {
+	// The point of use: the slot's bytes, read back from the device, must be the signed image.
+	jb, err := s.a.jobOf(j)
+	if err != nil {
+		return s.fail(j, "install", err, nil), nil
+	}
+	img := jb.rel.Files[0]
+	if err := slot.ReadBack(ctx, s.pair().Path(j.Slot), img.Size, hex.EncodeToString(img.SHA256)); err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
 		// The environment is untouched: the device keeps booting the old slot.
 		return s.fail(j, "install", err, nil), nil
+	}
+	if _, err := s.a.verifier().CheckPayload(jb.rel, 0, img.SHA256, img.Size, s.a.now()); err != nil {
+		return s.fail(j, "install", err, nil), nil // a codesign-only image: its signature, again
 	}
 	if err := slot.TryBoot(ctx, bl, j.Slot, s.cfg.BootAttempts); err != nil {
 		return s.fail(j, "install", err, nil), nil
@@ -316,7 +327,11 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 	if err := slot.Commit(ctx, bl, j.Slot); err != nil {
 		return s.fail(j, "commit", err, nil), nil
 	}
-	if err := recordInstalled(s.a.cfg.StateDir, s.a.targetKey(&jobdoc.Document{Target: jobdoc.TargetSlot}), j.Version); err != nil {
+	jb, err := s.a.jobOf(j)
+	if err != nil {
+		return s.fail(j, "commit", err, nil), nil
+	}
+	if err := recordInstalled(s.a.cfg.StateDir, jb.key, jb.rel); err != nil {
 		// The bootloader boots the new slot for good already; only the record is missing,
 		// and a retry of this idempotent state writes it.
 		return "", fmt.Errorf("recording the installed version: %w", err)

@@ -14,10 +14,12 @@ import (
 
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/ota"
+	"github.com/fieldota/fieldota/ota/confine"
 	"github.com/fieldota/fieldota/ota/health"
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
 	"github.com/fieldota/fieldota/ota/swap"
+	"github.com/fieldota/fieldota/verify"
 )
 
 // The binary target: swap the configured binary (ota/swap keeps the old one durably first),
@@ -36,6 +38,7 @@ func init() {
 				ota.StateRollback: a.rollbackBinary,
 			},
 			ready: func() error { _, _, err := a.swapTarget(); return err },
+			key:   a.binaryKey,
 		}
 	})
 }
@@ -93,6 +96,38 @@ func (a *Agent) swapTarget() (string, bool, error) {
 	return rt, self, nil
 }
 
+// binaryKey checks that the release is for the binary this device manages, in a directory no one
+// but root can change, and names it by its resolved path.
+func (a *Agent) binaryKey(r *verify.Release) (string, error) {
+	if r.Binary != "" && r.Binary != a.cfg.Swap.Name {
+		return "", reason.Errorf(reason.UnsupportedOperation, "the release is for the binary %q; this device manages %q (swap.name)", r.Binary, a.cfg.Swap.Name)
+	}
+	target, _, err := a.swapTarget()
+	if err != nil {
+		return "", err
+	}
+	// A user who can write the binary's directory could plant .<name>.new as a symlink and make
+	// root overwrite any file: the directory must be root's alone.
+	if _, err := confine.Check(filepath.Dir(target), nil); err != nil {
+		return "", err
+	}
+	return "binary:" + target, nil
+}
+
+// signedSum is the signed digest of the job's binary.
+func (a *Agent) signedSum(j *ota.Journal) ([]byte, *job, error) {
+	jb, err := a.jobOf(j)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(jb.rel.Files) != 1 {
+		return nil, nil, reason.Errorf(reason.Internal, "binary release with %d files", len(jb.rel.Files))
+	}
+	return jb.rel.Files[0].SHA256, jb, nil
+}
+
+// stagedSum is the digest the journal recorded for the staged binary: used only to undo a swap
+// (putting the old binary back is safe whatever the journal says).
 func stagedSum(j *ota.Journal) ([]byte, error) {
 	if len(j.Staged) != 1 {
 		return nil, reason.Errorf(reason.Internal, "binary job with %d staged files", len(j.Staged))
@@ -115,8 +150,12 @@ func (a *Agent) installBinary(ctx context.Context, j *ota.Journal) (ota.Event, e
 	if ev, err := a.inProgress(ctx, j, details(j, "install", nil)); ev != "" || err != nil {
 		return ev, err
 	}
-	sum, err := stagedSum(j)
+	// The signed digest: selfupdate re-checks the staged bytes against it before the swap.
+	sum, jb, err := a.signedSum(j)
 	if err != nil {
+		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
+	}
+	if err := a.recheckStaged(jb, 0, j.Staged[0].Path); err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "install"}), nil
 	}
 	fresh := j.Data[dataSwapTarget] == ""
@@ -160,7 +199,7 @@ func (a *Agent) installBinary(ctx context.Context, j *ota.Journal) (ota.Event, e
 // process hands over to the new one first.
 func (a *Agent) probation(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 	target, self := j.Data[dataSwapTarget], j.Data[dataSwapSelf] == "true"
-	sum, err := stagedSum(j)
+	sum, _, err := a.signedSum(j)
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "selftest"}), nil
 	}
@@ -267,17 +306,17 @@ func (a *Agent) watch(ctx context.Context, j *ota.Journal, target string, self b
 
 func (a *Agent) commitBinary(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 	target, self := j.Data[dataSwapTarget], j.Data[dataSwapSelf] == "true"
-	spec, err := parseJob(j.Document, a.cfg)
+	jb, err := a.jobOf(j)
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "commit"}), nil
 	}
 	// A job canceled during probation is rolled back like a failed one, never committed.
-	if inst, _ := loadInstalled(a.cfg.StateDir); inst[a.targetKey(spec)] != j.Version {
+	if !isInstalled(a.cfg.StateDir, jb.key, jb.rel) {
 		if ev, err := a.inProgress(ctx, j, details(j, "commit", nil)); ev != "" || err != nil {
 			return ev, err
 		}
 	}
-	if err := recordInstalled(a.cfg.StateDir, a.targetKey(spec), j.Version); err != nil {
+	if err := recordInstalled(a.cfg.StateDir, jb.key, jb.rel); err != nil {
 		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "commit"}), nil
 	}
 	if !a.cfg.Swap.KeepOld {

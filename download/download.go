@@ -71,6 +71,19 @@ type Request struct {
 	Stall        time.Duration // no byte for this long → reconnect (default 30 s)
 	RateLimit    int64         // bytes per second, 0 = unlimited
 
+	// MinSpeed (bytes per second, 0 = off) is the slow-retrieval watchdog: a connection that
+	// brings fewer than MinSpeed·MinSpeedWindow bytes in any MinSpeedWindow (default 60 s) is
+	// dropped and the download resumed on a new one; MaxSlow (default 3) such windows in a row
+	// end it DOWNLOAD_TOO_SLOW. A trickling server never trips the stall watchdog, which waits
+	// for no byte at all.
+	MinSpeed       int64
+	MinSpeedWindow time.Duration
+	MaxSlow        int
+
+	// Policy, if set, is applied to the URL, every fresh URL, every redirect and every address
+	// connected to: HOST_NOT_ALLOWED otherwise.
+	Policy *Policy
+
 	Progress func(done, total int64) // called from the downloading goroutine after each chunk; keep it quick
 	Logger   *slog.Logger            // nil = silent
 
@@ -107,6 +120,7 @@ const (
 
 var (
 	errStalled  = errors.New("stalled: no bytes received")
+	errTooSlow  = errors.New("too slow: below the minimum speed for a whole window")
 	errTooLong  = errors.New("server sent more bytes than expected")
 	errTooShort = errors.New("server ended the body before the expected size")
 )
@@ -171,6 +185,12 @@ func newDownloader(req Request) *downloader {
 	if req.Stall <= 0 {
 		req.Stall = defaultStall
 	}
+	if req.MinSpeedWindow <= 0 {
+		req.MinSpeedWindow = time.Minute
+	}
+	if req.MaxSlow <= 0 {
+		req.MaxSlow = 3
+	}
 	if req.FreeSpace == nil {
 		req.FreeSpace = statfsFree
 	}
@@ -198,7 +218,8 @@ func newDownloader(req Request) *downloader {
 		if req.TLSConfig != nil {
 			tr.TLSClientConfig = req.TLSConfig.Clone()
 		}
-		hc = &http.Client{Transport: tr, CheckRedirect: noDowngrade}
+		tr.DialContext = req.Policy.dialContext()
+		hc = &http.Client{Transport: tr, CheckRedirect: req.Policy.checkRedirect}
 		d.closer = tr.CloseIdleConnections
 	}
 	d.rc = &retryablehttp.Client{
@@ -207,7 +228,7 @@ func newDownloader(req Request) *downloader {
 		RetryWaitMin: req.RetryWaitMin,
 		RetryWaitMax: req.RetryWaitMax,
 		RetryMax:     req.Retries,
-		CheckRetry:   retryablehttp.DefaultRetryPolicy, // transport errors, 429, 5xx (not 501); never other 4xx
+		CheckRetry:   checkRetry, // transport errors, 429, 5xx (not 501); never other 4xx nor a refused host
 		Backoff:      d.backoff,
 		ErrorHandler: retryablehttp.PassthroughErrorHandler, // we want the last status, not "giving up"
 		RequestLogHook: func(_ retryablehttp.Logger, r *http.Request, attempt int) {
@@ -217,6 +238,15 @@ func newDownloader(req Request) *downloader {
 		},
 	}
 	return d
+}
+
+// checkRetry is retryablehttp's default policy, except that a host or address the policy refused
+// is final: asking again cannot change the answer.
+func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if err != nil && refusedByPolicy(err) {
+		return false, err
+	}
+	return retryablehttp.DefaultRetryPolicy(ctx, resp, err)
 }
 
 // noDowngrade refuses a redirect from https to http: it would send a presigned URL in clear text.
@@ -253,7 +283,12 @@ func (d *downloader) run(ctx context.Context) (Result, error) {
 	d.log.Info("download: start", "url", d.obj, "size", req.Size, "offset", st.offset)
 
 	url := req.URL
-	noProgress, refreshes := 0, 0
+	if req.Policy != nil {
+		if err := req.Policy.Check(url); err != nil {
+			return d.res, err
+		}
+	}
+	noProgress, refreshes, slow := 0, 0, 0
 	var lastStatus int
 	fail := func(code reason.Code, format string, args ...any) (Result, error) {
 		err := reason.Errorf(code, "%s: "+format, append([]any{d.obj}, args...)...)
@@ -274,6 +309,9 @@ func (d *downloader) run(ctx context.Context) (Result, error) {
 		if o.getErr != nil {
 			if ctx.Err() != nil {
 				return d.res, d.stop(st, ctx.Err())
+			}
+			if refusedByPolicy(o.getErr) {
+				return fail(reason.HostNotAllowed, "%w", o.getErr)
 			}
 			// retryablehttp already spent its retries on this one
 			return fail(reason.DownloadFailed, "%w", o.getErr)
@@ -314,6 +352,11 @@ func (d *downloader) run(ctx context.Context) (Result, error) {
 				}
 				return fail(reason.DownloadFailed, "refresh: %w", scrub(err))
 			}
+			if req.Policy != nil {
+				if err := req.Policy.Check(fresh); err != nil {
+					return d.res, err
+				}
+			}
 			if Redact(fresh) != d.obj {
 				d.log.Warn("download: fresh URL names another object", "url", d.obj, "fresh", Redact(fresh))
 			}
@@ -326,6 +369,14 @@ func (d *downloader) run(ctx context.Context) (Result, error) {
 		}
 		if err == nil {
 			break
+		}
+		if errors.Is(err, errTooSlow) {
+			slow++
+			if slow >= req.MaxSlow {
+				return fail(reason.DownloadTooSlow, "below %d bytes/s for %d windows of %s in a row (at %d of %d bytes)", req.MinSpeed, slow, req.MinSpeedWindow, st.offset, req.Size)
+			}
+		} else {
+			slow = 0
 		}
 		var se *sinkError
 		switch {
@@ -470,6 +521,9 @@ func (d *downloader) copyBody(attemptCtx context.Context, cancel context.CancelC
 	defer resp.Body.Close()
 	wd := newWatchdog(d.clock, d.req.Stall, cancel)
 	defer wd.stop()
+	if d.req.MinSpeed > 0 {
+		wd.watchSpeed(d.req.MinSpeed, d.req.MinSpeedWindow)
+	}
 	if d.buf == nil {
 		d.buf = make([]byte, bufSize)
 	}
@@ -483,6 +537,7 @@ func (d *downloader) copyBody(attemptCtx context.Context, cancel context.CancelC
 		n, rerr := resp.Body.Read(d.buf[:want])
 		if n > 0 {
 			wd.kick()
+			wd.bytes.Add(int64(n))
 			d.res.BytesOnWire += int64(n)
 			if st.offset+int64(n) > size {
 				return gained, errTooLong
@@ -644,9 +699,12 @@ func marshalState(h hash.Hash) ([]byte, error) {
 	return m.MarshalBinary()
 }
 
-// watchdog cancels the attempt when no byte has arrived for the stall duration.
+// watchdog cancels the attempt when no byte has arrived for the stall duration, and (with
+// watchSpeed) when a whole window brought too few bytes.
 type watchdog struct {
 	last   atomic.Int64
+	bytes  atomic.Int64 // received in this attempt
+	slow   atomic.Bool
 	clock  Clock
 	done   chan struct{}
 	fired  atomic.Bool
@@ -677,12 +735,41 @@ func newWatchdog(c Clock, stall time.Duration, cancel context.CancelCauseFunc) *
 	return w
 }
 
+// watchSpeed cancels the attempt when a window of the given length brings fewer than
+// min·window bytes.
+func (w *watchdog) watchSpeed(minSpeed int64, window time.Duration) {
+	need := int64(float64(minSpeed) * window.Seconds())
+	t := w.clock.NewTimer(window)
+	go func() {
+		defer t.Stop()
+		var before int64
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-t.C():
+				now := w.bytes.Load()
+				if now-before < need {
+					w.slow.Store(true)
+					w.cancel(errTooSlow)
+					return
+				}
+				before = now
+				t.Reset(window)
+			}
+		}
+	}()
+}
+
 func (w *watchdog) kick() { w.last.Store(w.clock.Now().UnixNano()) }
 func (w *watchdog) stop() { close(w.done) }
 
 // cause names a stall as such instead of a bare "context canceled".
 func (w *watchdog) cause(err error) error {
-	if w.fired.Load() {
+	switch {
+	case w.slow.Load():
+		return fmt.Errorf("%w (%w)", errTooSlow, err)
+	case w.fired.Load():
 		return fmt.Errorf("%w (%w)", errStalled, err)
 	}
 	return err

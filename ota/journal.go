@@ -35,6 +35,9 @@ type Journal struct {
 	Document json.RawMessage `json:"document,omitempty"`
 	Target   string          `json:"target,omitempty"`  // files | slot | binary
 	Version  string          `json:"version,omitempty"` // the version being installed
+	// TargetKey is where the release installs, resolved (agent/installed.go): a copy, checked
+	// against the document's verified release wherever it is used.
+	TargetKey string `json:"targetKey,omitempty"`
 	// PreviousVersion is what ran before; it is what a rollback must find running again.
 	PreviousVersion string `json:"previousVersion,omitempty"`
 

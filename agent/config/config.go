@@ -6,10 +6,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,6 +60,15 @@ type Verify struct {
 	Keys          []string `toml:"keys"`     // PEM public keys
 	CACerts       []string `toml:"ca_certs"` // CAs for signing certificates carried in documents
 	AllowUnsigned bool     `toml:"allow_unsigned"`
+	// RequireReleaseStatement (default true) refuses documents without a signed release
+	// statement. false accepts codesign-only releases (AWS Signer pipelines), whose install
+	// parameters anyone who can create jobs then decides (docs/signing.md, threat model).
+	RequireReleaseStatement *bool `toml:"require_release_statement"`
+}
+
+// RequireStatement is verify.require_release_statement with its default (true).
+func (v Verify) RequireStatement() bool {
+	return v.RequireReleaseStatement == nil || *v.RequireReleaseStatement
 }
 
 // Download tunes the downloader.
@@ -66,12 +77,25 @@ type Download struct {
 	StallTimeout      Duration `toml:"stall_timeout"`
 	MaxRefreshes      int      `toml:"max_url_refreshes"`
 	RateLimit         int64    `toml:"rate_limit_bytes_per_sec"`
+	// AllowedHosts are the hosts payloads may come from (exact names, IP literals, or
+	// "*.suffix"); redirects never leave them. Default: AWS's endpoints (download.DefaultHosts).
+	AllowedHosts []string `toml:"allowed_hosts"`
+	// MinSpeed (default 1000 B/s) over MinSpeedWindow (default 60 s) is the slow-retrieval
+	// watchdog: a connection below it is dropped and the download resumed on a new one;
+	// MaxSlowWindows (default 3) slow windows in a row fail DOWNLOAD_TOO_SLOW.
+	MinSpeed       int64    `toml:"min_speed_bytes_per_sec"`
+	MinSpeedWindow Duration `toml:"min_speed_window"`
+	MaxSlowWindows int      `toml:"max_slow_windows"`
 }
 
 // Files configures the files target.
 type Files struct {
 	AllowedRoots     []string `toml:"allowed_roots"`
 	AutoStartTimeout Duration `toml:"autostart_timeout"`
+	// RunAs names the user the files belong to: placement and autoStart then run with that
+	// user's rights only, so the working directory may be the user's (the seed's
+	// /home/ec2-user/JobSampleTesting). Empty: root, and every directory must be root's.
+	RunAs string `toml:"run_as"`
 }
 
 // Slot configures A/B installs (docs/ab-slots.md). An empty bootloader disables slot jobs.
@@ -103,6 +127,9 @@ type Slot struct {
 
 // Swap configures binary swaps.
 type Swap struct {
+	// Name is what a signed release calls the managed binary (its "binary" field); default: the
+	// base name of Target.
+	Name    string   `toml:"name"`
 	Target  string   `toml:"target"`
 	Restart []string `toml:"restart"`
 	// Self: the swapped binary is the agent itself (target defaults to its own executable).
@@ -174,8 +201,70 @@ func Load(path string) (*Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	exe, _ := os.Executable()
+	if err := c.CheckOverlaps(path, exe); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	return &c, nil
 }
+
+// CheckOverlaps refuses allowed roots that contain (or lie inside) what the agent itself depends
+// on — its state, this configuration, its trust anchors and identity, its own binary, the managed
+// binary — since a files job could then overwrite installed.json or a trusted key.
+func (c *Config) CheckOverlaps(configPath, exe string) error {
+	own := map[string]string{"state_dir": c.StateDir, "the configuration file": configPath,
+		"mqtt.ca_file": c.MQTT.CAFile, "mqtt.cert_file": c.MQTT.CertFile, "mqtt.key_file": c.MQTT.KeyFile,
+		"the agent's binary": exe, "swap.target": c.Swap.Target}
+	for i, k := range c.Verify.Keys {
+		own[fmt.Sprintf("verify.keys[%d]", i)] = k
+	}
+	for i, k := range c.Verify.CACerts {
+		own[fmt.Sprintf("verify.ca_certs[%d]", i)] = k
+	}
+	var errs []error
+	for _, root := range c.Files.AllowedRoots {
+		rr := resolved(root)
+		for what, p := range own {
+			if p == "" {
+				continue
+			}
+			rp := resolved(p)
+			if under(rp, rr) || under(rr, rp) {
+				errs = append(errs, fmt.Errorf("files.allowed_roots entry %s overlaps %s (%s): a files job could overwrite it", root, what, p))
+			}
+		}
+	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(errs...)
+}
+
+// resolved is p, absolute, with the symlinks of its existing part resolved.
+func resolved(p string) string {
+	p, _ = filepath.Abs(p)
+	var rest []string
+	for {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(append([]string{r}, rest...)...)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return filepath.Join(append([]string{p}, rest...)...)
+		}
+		rest = append([]string{filepath.Base(p)}, rest...)
+		p = parent
+	}
+}
+
+// hostPattern accepts an IP address, a host name, or "*." followed by a host name.
+func hostPattern(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	name := strings.TrimPrefix(h, "*.")
+	return hostName.MatchString(name) && strings.Contains(name, ".") || name == "localhost" && name == h
+}
+
+func under(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
 
 func (c *Config) defaults() {
 	if c.StateDir == "" {
@@ -204,6 +293,15 @@ func (c *Config) defaults() {
 	}
 	if c.Download.MaxRefreshes == 0 {
 		c.Download.MaxRefreshes = 5
+	}
+	if c.Download.MinSpeed == 0 {
+		c.Download.MinSpeed = 1000
+	}
+	if c.Download.MinSpeedWindow.Duration == 0 {
+		c.Download.MinSpeedWindow.Duration = time.Minute
+	}
+	if c.Download.MaxSlowWindows == 0 {
+		c.Download.MaxSlowWindows = 3
 	}
 	if c.Files.AutoStartTimeout.Duration == 0 {
 		c.Files.AutoStartTimeout.Duration = 5 * time.Minute
@@ -270,7 +368,11 @@ func (s *Slot) validate() []error {
 	return errs
 }
 
-var thingName = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+var (
+	thingName  = regexp.MustCompile(`^[a-zA-Z0-9:_-]{1,128}$`)
+	hostName   = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$`)
+	binaryName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,64}$`)
+)
 
 // Validate refuses configurations that would fail later or fail open.
 func (c *Config) Validate() error {
@@ -301,6 +403,23 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("files.allowed_roots entry %q must be a clean absolute path other than /", r))
 		}
 	}
+	if c.Download.MinSpeed < 0 || c.Download.MaxSlowWindows < 0 {
+		errs = append(errs, errors.New("download.min_speed_bytes_per_sec and download.max_slow_windows must be positive"))
+	}
+	if c.Download.RateLimit > 0 && c.Download.RateLimit < c.Download.MinSpeed {
+		errs = append(errs, fmt.Errorf("download.rate_limit_bytes_per_sec %d is below download.min_speed_bytes_per_sec %d: every download would be cut as too slow", c.Download.RateLimit, c.Download.MinSpeed))
+	}
+	for _, h := range c.Download.AllowedHosts {
+		if !hostPattern(h) {
+			errs = append(errs, fmt.Errorf("download.allowed_hosts entry %q: want a host name, an IP address or *.suffix (no scheme, port or path)", h))
+		}
+	}
+	if c.Files.RunAs != "" && len(c.Files.AllowedRoots) == 0 {
+		errs = append(errs, errors.New("files.run_as is set but files.allowed_roots is empty"))
+	}
+	if c.Swap.Name != "" && !binaryName.MatchString(c.Swap.Name) {
+		errs = append(errs, fmt.Errorf("swap.name %q: only letters, digits, '.', '_' and '-' (1 to 64)", c.Swap.Name))
+	}
 	if c.Jobs.StepTimeoutMinutes < 0 || c.Jobs.StepTimeoutMinutes > 10080 {
 		errs = append(errs, fmt.Errorf("jobs.step_timeout_minutes %d outside 1–10080", c.Jobs.StepTimeoutMinutes))
 	}
@@ -323,6 +442,9 @@ func (c *Config) EnsureStateDir() error {
 }
 
 func (s *Swap) defaults() {
+	if s.Name == "" && s.Target != "" {
+		s.Name = filepath.Base(s.Target)
+	}
 	if s.Probation.Duration == 0 {
 		s.Probation.Duration = 30 * time.Second
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	otarun "github.com/fieldota/fieldota/ota/run"
 	"io"
 	"log/slog"
 	"os"
@@ -33,6 +34,8 @@ var version = "dev"
 var onTransition func(*ota.Journal)
 
 func main() {
+	// An autoStart program is run through this binary acting as its shim (package run).
+	otarun.MaybeShim()
 	root := &cobra.Command{
 		Use:           "fieldota-agent",
 		Short:         "fieldota-agent: over-the-air updates for this device through AWS IoT Jobs",

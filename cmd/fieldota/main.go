@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/fieldota/fieldota/ota/run"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,8 @@ func newRoot() *cobra.Command {
 }
 
 func main() {
+	// An autoStart program is run through this binary acting as its shim (package run).
+	run.MaybeShim()
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "fieldota:", err)
 		os.Exit(exitCode(err))

@@ -1,11 +1,13 @@
 package main
 
 // sign.go: `fieldota sign` writes the cosign-style detached signature, the AWS codesign
-// object and (with --version) the DSSE attestation of a file.
+// object and (with --version) the release statement of a one-file release.
 
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
+	"time"
 
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
@@ -13,26 +15,6 @@ import (
 )
 
 func init() { register(newSignCmd) }
-
-// releaseFlags are the predicate facts shared by sign and job.
-type releaseFlags struct {
-	version        string
-	compatible     []string
-	allowDowngrade bool
-}
-
-func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
-	cmd.Flags().StringVar(&r.version, "version", "", versionHelp)
-	cmd.Flags().StringSliceVar(&r.compatible, "compatible", nil, "device compatibility names (signed in the attestation)")
-	cmd.Flags().BoolVar(&r.allowDowngrade, "allow-downgrade", false, "sign allowDowngrade=true: devices accept this older version")
-}
-
-func (r *releaseFlags) predicate() (verify.Predicate, error) {
-	if _, err := verify.ParseVersion(r.version); err != nil {
-		return verify.Predicate{}, err
-	}
-	return verify.Predicate{Version: r.version, Compatible: r.compatible, AllowDowngrade: r.allowDowngrade}, nil
-}
 
 func newSignCmd() *cobra.Command {
 	var (
@@ -43,14 +25,14 @@ func newSignCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "sign --key KEY [--version V] FILE",
-		Short: "Sign a file: detached signature, AWS codesign object, optional attestation",
+		Short: "Sign a file: detached signature, AWS codesign object, optional release statement",
 		Long: `Sign FILE with a private key, streaming it through SHA-256 once.
 
 Writes FILE.sig (base64 DER over SHA-256(FILE): what 'cosign sign-blob --key' writes) and
 FILE.codesign.json (the AWS code-signing object for a job document). With --version it also
-writes FILE.intoto.json, the DSSE attestation that
-  cosign attest-blob --key KEY --type https://fieldota.dev/release/v1 --predicate PRED FILE
-writes, and (with --predicate-out) that predicate file.`,
+writes FILE.intoto.json, the release statement of FILE as a one-file release — what
+  cosign attest-blob --key KEY --type https://fieldota.dev/release/v2 --predicate PRED FILE
+writes — and (with --predicate-out) that predicate file (docs/signing.md).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file := args[0]
@@ -92,11 +74,12 @@ writes, and (with --predicate-out) that predicate file.`,
 			if rel.version == "" {
 				return nil
 			}
-			p, err := rel.predicate()
+			files := []releaseFile{{path: file, name: filepath.Base(file), size: size, digest: digest}}
+			p, err := rel.predicate(files, time.Now())
 			if err != nil {
 				return usageErr(err)
 			}
-			env, err := sign.Attest(key, file, digest, p)
+			env, _, err := attest(key, files, p)
 			if err != nil {
 				return usageErr(err)
 			}
@@ -120,10 +103,10 @@ writes, and (with --predicate-out) that predicate file.`,
 	cmd.Flags().StringVar(&alg, "algorithm", "", "signature algorithm (default from the key: SHA256withECDSA, SHA256withRSA, SHA256withEd25519; or SHA256withRSA/PSS)")
 	cmd.Flags().StringVar(&sigOut, "output-signature", "", "detached signature path (default FILE.sig, - for stdout)")
 	cmd.Flags().StringVar(&codesignOut, "codesign", "", "codesign object path (default FILE.codesign.json)")
-	cmd.Flags().StringVar(&attestOut, "attestation", "", "attestation path (default FILE.intoto.json)")
+	cmd.Flags().StringVar(&attestOut, "attestation", "", "release statement path (default FILE.intoto.json)")
 	cmd.Flags().StringVar(&chainPath, "certificate-chain", "", "PEM code-signing certificate of the key (leaf first) to carry in the codesign object")
 	cmd.Flags().StringVar(&predOut, "predicate-out", "", "also write the predicate file given to cosign attest-blob")
-	rel.add(cmd, "release version to attest (enables the attestation)")
+	rel.add(cmd, "release version (writes the release statement)")
 	_ = cmd.MarkFlagRequired("key")
 	return cmd
 }

@@ -31,6 +31,20 @@ const (
 	AutostartFailed      Code = "AUTOSTART_FAILED"
 	Canceled             Code = "CANCELED"
 	Internal             Code = "INTERNAL"
+
+	// DocumentMismatch: a plain document field disagrees with the signed release statement
+	// (the plain fields are only copies of the signed ones).
+	DocumentMismatch Code = "DOCUMENT_MISMATCH"
+	// ReleaseExpired: the signed release statement's expires time has passed.
+	ReleaseExpired Code = "RELEASE_EXPIRED"
+	// UnsafePath: a directory or file the install would touch can be changed by a user other
+	// than root (or the configured files.run_as user), or is not what it was checked to be.
+	UnsafePath Code = "UNSAFE_PATH"
+	// HostNotAllowed: a payload URL (or a redirect) names a host outside download.allowed_hosts.
+	HostNotAllowed Code = "HOST_NOT_ALLOWED"
+	// DownloadTooSlow: the download stayed below download.min_speed for its whole window, again
+	// and again (a slow-retrieval attack or a link too poor to finish).
+	DownloadTooSlow Code = "DOWNLOAD_TOO_SLOW"
 )
 
 // All lists every code once, for tests and documentation.
@@ -38,7 +52,7 @@ var All = []Code{
 	InvalidDocument, UnsupportedOperation, IncompatibleDevice, DowngradeRefused, Unsigned,
 	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DownloadFailed, URLExpired,
 	InsufficientSpace, InstallFailed, HealthCheckFailed, BootFailed, AutostartFailed, Canceled,
-	Internal,
+	Internal, DocumentMismatch, ReleaseExpired, UnsafePath, HostNotAllowed, DownloadTooSlow,
 }
 
 // Error is a failure with a reason code. errors.Is(err, reason.SignatureInvalid) matches any

@@ -32,6 +32,7 @@ import (
 
 	"github.com/minio/selfupdate"
 
+	"github.com/fieldota/fieldota/ota/confine"
 	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/ota/reason"
 )
@@ -71,6 +72,11 @@ var step = func(string) {}
 // once the new binary is durably at the target and the old one durably at the backup.
 func Install(u Update) error {
 	target, backup, newPath := u.Target, BackupPath(u.Target), NewPath(u.Target)
+	// Only root may change the directory: the staged file, the backup link and the rename all
+	// live there.
+	if _, err := confine.Check(filepath.Dir(target), nil); err != nil {
+		return err
+	}
 	old, err := regular(target)
 	if err != nil {
 		return reason.Wrap(reason.InstallFailed, err)
@@ -137,6 +143,17 @@ func stage(u Update, old fs.FileInfo) error {
 		return err
 	}
 	perm := old.Mode() & fs.ModePerm
+	// selfupdate opens .<name>.new with O_CREATE|O_TRUNC, following a symlink. Create it here
+	// first, exclusively and without following one: a planted link makes this fail instead of
+	// making root overwrite its target. (Install removed any stale entry, and the directory is
+	// root's alone, so nothing can replace the file between here and selfupdate's open.)
+	nf, err := os.OpenFile(NewPath(u.Target), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return reason.Errorf(reason.InstallFailed, "create %s: %w", NewPath(u.Target), err)
+	}
+	if err := nf.Close(); err != nil {
+		return reason.Wrap(reason.InstallFailed, err)
+	}
 	h := sha256.New()
 	// Our own hash of what selfupdate read tells a digest mismatch from any other failure
 	// without reading its error text.

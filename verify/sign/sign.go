@@ -214,6 +214,16 @@ type statement struct {
 // StatementJSON is the in-toto Statement v0.1 cosign attest-blob builds for a file named name
 // (cosign uses the path's base name) with the given predicate file contents.
 func StatementJSON(name string, digest []byte, predicateFile []byte) ([]byte, error) {
+	return ReleaseStatementJSON([]verify.Subject{Subject(name, digest)}, predicateFile)
+}
+
+// Subject names one file of a release by its base name and SHA-256.
+func Subject(name string, digest []byte) verify.Subject {
+	return verify.Subject{Name: path.Base(name), Digest: map[string]string{"sha256": hex.EncodeToString(digest)}}
+}
+
+// ReleaseStatementJSON is the Statement of a release of one or more files, in cosign's layout.
+func ReleaseStatementJSON(subjects []verify.Subject, predicateFile []byte) ([]byte, error) {
 	var pred map[string]any
 	if err := json.Unmarshal(predicateFile, &pred); err != nil {
 		return nil, fmt.Errorf("predicate: %w", err)
@@ -221,22 +231,22 @@ func StatementJSON(name string, digest []byte, predicateFile []byte) ([]byte, er
 	if pred == nil {
 		return nil, errors.New("predicate: not a JSON object")
 	}
-	return json.Marshal(statement{
-		Type:          verify.StatementV01,
-		PredicateType: verify.PredicateType,
-		Subject:       []verify.Subject{{Name: path.Base(name), Digest: map[string]string{"sha256": hex.EncodeToString(digest)}}},
-		Predicate:     pred,
-	})
+	return json.Marshal(statement{Type: verify.StatementV01, PredicateType: verify.PredicateType, Subject: subjects, Predicate: pred})
 }
 
 // Attest builds the DSSE envelope (JSON, as cosign prints it, without the trailing newline)
-// over the Statement for a file. ECDSA and RSA sign SHA-256(PAE), Ed25519 signs PAE itself.
+// over the Statement for one file. ECDSA and RSA sign SHA-256(PAE), Ed25519 signs PAE itself.
 func Attest(key crypto.Signer, name string, digest []byte, p verify.Predicate) ([]byte, error) {
+	return AttestRelease(key, []verify.Subject{Subject(name, digest)}, p)
+}
+
+// AttestRelease signs the release statement of every file of a release.
+func AttestRelease(key crypto.Signer, subjects []verify.Subject, p verify.Predicate) ([]byte, error) {
 	predFile, err := PredicateJSON(p)
 	if err != nil {
 		return nil, err
 	}
-	payload, err := StatementJSON(name, digest, predFile)
+	payload, err := ReleaseStatementJSON(subjects, predFile)
 	if err != nil {
 		return nil, err
 	}
