@@ -149,7 +149,9 @@ func verifyEnvelope(envJSON []byte, keys []candidate) ([]byte, string, error) {
 				continue
 			}
 		}
-		one, err := json.Marshal(Envelope{PayloadType: env.PayloadType, Payload: env.Payload, Signatures: []EnvelopeSignature{s}})
+		// The key is chosen: check this one signature alone, keyid cleared (sigstore would
+		// compare it with its own notion of a key id, not fieldota's).
+		one, err := json.Marshal(Envelope{PayloadType: env.PayloadType, Payload: env.Payload, Signatures: []EnvelopeSignature{{Sig: s.Sig}}})
 		if err != nil {
 			return nil, "", reason.Errorf(reason.Internal, "release statement: %w", err)
 		}

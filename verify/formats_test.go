@@ -19,7 +19,8 @@ import (
 func TestAttestationIsCosignFormat(t *testing.T) {
 	k := getKeys(t)
 	d := digestOf(payload)
-	env, err := sign.Attest(k.p256, "dist/install.py", d, verify.Predicate{Version: "1.0", Compatible: []string{"board-rev-c"}})
+	env, err := sign.Attest(k.p256, "dist/install.py", d, verify.Predicate{Target: "files", Version: "1.0", Compatible: []string{"board-rev-c"},
+		WorkingDirectory: "/opt/app/x", Files: map[string]verify.PredicateFile{"install.py": {Size: 1 << 42}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,9 +44,10 @@ func TestAttestationIsCosignFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://fieldota.dev/release/v1",`+
+	// Sizes stay exact integers however large (cosign reads the predicate file as JSON too).
+	want := fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://fieldota.dev/release/v2",`+
 		`"subject":[{"name":"install.py","digest":{"sha256":"%s"}}],`+
-		`"predicate":{"allowDowngrade":false,"compatible":["board-rev-c"],"version":"1.0"}}`, hex.EncodeToString(d))
+		`"predicate":{"compatible":["board-rev-c"],"files":{"install.py":{"size":4398046511104}},"target":"files","version":"1.0","workingDirectory":"/opt/app/x"}}`, hex.EncodeToString(d))
 	if string(stmt) != want {
 		t.Fatalf("statement\n got %s\nwant %s", stmt, want)
 	}
@@ -91,7 +93,7 @@ func TestParseSignature(t *testing.T) {
 
 func TestParseEnvelopeRefusesMalformed(t *testing.T) {
 	k := getKeys(t)
-	good := attest(t, k.p256, digestOf(payload), verify.Predicate{Version: "1"})
+	good := attest(t, k.p256, digestOf(payload), release("1"))
 	if _, err := verify.ParseEnvelope(good); err != nil {
 		t.Fatal(err)
 	}

@@ -74,13 +74,28 @@ func sigB64(t testing.TB, k crypto.Signer, alg verify.Algorithm, digest []byte) 
 	return base64.StdEncoding.EncodeToString(s)
 }
 
+// attest signs a one-file release statement for install.py.
 func attest(t testing.TB, k crypto.Signer, digest []byte, p verify.Predicate) []byte {
 	t.Helper()
-	env, err := sign.Attest(k, "payload.bin", digest, p)
+	return attestAs(t, k, "install.py", digest, p)
+}
+
+func attestAs(t testing.TB, k crypto.Signer, name string, digest []byte, p verify.Predicate) []byte {
+	t.Helper()
+	env, err := sign.Attest(k, name, digest, p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return env
+}
+
+// release is the predicate of a files release of install.py (the seed's example), version v.
+func release(v string) verify.Predicate {
+	return verify.Predicate{
+		Target: "files", Version: v, Compatible: []string{"board-rev-c"},
+		WorkingDirectory: "/opt/app/x", PackageName: "install.py", AutoStart: true,
+		Files: map[string]verify.PredicateFile{"install.py": {Size: int64(len(payload))}},
+	}
 }
 
 func digestOf(b []byte) []byte { s := sha256.Sum256(b); return s[:] }

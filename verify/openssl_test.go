@@ -85,7 +85,7 @@ func TestOpensslSignatureAccepted(t *testing.T) {
 			}
 			in := verify.Input{Name: "payload.bin", Digest: d, Size: n, Expected: verify.Expected{Size: n, SHA256: d},
 				Signature: &verify.Signature{Algorithm: c.alg, Value: base64.StdEncoding.EncodeToString(raw)},
-				Plain:     verify.Claims{Version: "1.0.0"}}
+				Plain:     verify.Plain{Version: "1.0.0"}}
 			vd, err := ts.Verify(in, verify.Policy{})
 			if err != nil {
 				t.Fatalf("openssl signature refused: %v", err)
@@ -93,8 +93,8 @@ func TestOpensslSignatureAccepted(t *testing.T) {
 			// The key id is what openssl prints for the DER SubjectPublicKeyInfo.
 			der := mustOpenssl(t, "pkey", "-pubin", "-in", pub, "-outform", "DER")
 			sum := sha256.Sum256(der)
-			if vd.KeyID != hex.EncodeToString(sum[:]) {
-				t.Fatalf("key id %s, openssl DER sha256 %x", vd.KeyID, sum)
+			if vd.Payload.KeyID != hex.EncodeToString(sum[:]) {
+				t.Fatalf("key id %s, openssl DER sha256 %x", vd.Payload.KeyID, sum)
 			}
 			// And the same signature over a flipped payload is refused.
 			in.Digest = digestOf(append([]byte{payload[0] ^ 1}, payload[1:]...))
@@ -169,7 +169,7 @@ func TestEd25519ConventionWithOpenssl(t *testing.T) {
 	}
 	in := verify.Input{Name: "payload.bin", Digest: d, Size: n, Expected: verify.Expected{Size: n, SHA256: d},
 		Signature: &verify.Signature{Algorithm: verify.Ed25519SHA256, Value: base64.StdEncoding.EncodeToString(raw)},
-		Plain:     verify.Claims{Version: "1.0.0"}}
+		Plain:     verify.Plain{Version: "1.0.0"}}
 	if _, err := ts.Verify(in, verify.Policy{}); err != nil {
 		t.Fatalf("openssl Ed25519 over the digest refused: %v", err)
 	}

@@ -67,6 +67,9 @@ type Claims struct {
 	PackageName      string
 	AutoStart        *bool
 	Files            []FileClaim
+
+	// bare: a lone detached signature checked by Verify — bytes only, no install intent.
+	bare bool
 }
 
 // FileClaim is one plain files[] entry.
@@ -245,6 +248,9 @@ func plainRelease(c Claims, p Policy) (*Release, error) {
 			return nil, reason.Errorf(reason.InvalidDocument, "files[%d]: codesign.rawPayloadSize %d differs from size %d", i, fc.Signature.RawPayloadSize, fc.Size)
 		}
 		r.Files = append(r.Files, File{Name: fc.Name, Size: fc.Size, SHA256: slices.Clone(fc.SHA256), Mode: fc.Mode, Signature: fc.Signature})
+	}
+	if c.bare {
+		return r, nil
 	}
 	if err := r.checkTarget(); err != nil {
 		return nil, reason.Errorf(reason.InvalidDocument, "%w", err)

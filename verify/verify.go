@@ -81,9 +81,12 @@ func (ts *TrustStore) Verify(in Input, p Policy) (Verdict, error) {
 		WorkingDirectory: in.Plain.WorkingDirectory, PackageName: in.Plain.PackageName, AutoStart: in.Plain.AutoStart,
 		Files: []FileClaim{{Name: in.Name, Size: size, SHA256: in.Expected.SHA256, Mode: in.Plain.Mode, Signature: in.Signature}},
 	}
-	if c.Files[0].SHA256 == nil && in.Attestation == nil {
-		// A bare detached signature names no digest: the bytes themselves are what it signs.
-		c.Files[0].SHA256 = in.Digest
+	if in.Attestation == nil && in.Plain.Target == "" {
+		// A bare detached signature: it signs the bytes and nothing about their install.
+		c.bare = true
+		if c.Files[0].SHA256 == nil {
+			c.Files[0].SHA256 = in.Digest
+		}
 	}
 	r, err := ts.Release(c, p)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -39,12 +40,14 @@ func newWorld(t *testing.T) *world {
 	}
 	return &world{
 		k: k, ca: ca, ts: ts, digest: digestOf(payload),
-		pred:   verify.Predicate{Version: "1.2.0", Compatible: []string{"board-rev-c"}},
-		policy: verify.Policy{InstalledVersion: "1.1.0", DeviceCompatible: []string{"board-rev-c", "any-linux"}},
+		pred: release("1.2.0"),
+		policy: verify.Policy{RequireStatement: true, Installed: verify.Installed{Version: "1.1.0", Signed: true},
+			DeviceCompatible: []string{"board-rev-c", "any-linux"}},
 	}
 }
 
-// base is a fully signed input: codesign (P-256, key id) plus attestation.
+// base is a fully signed input: codesign (P-256, key id) plus the release statement, with the
+// plain copies the seed's document carries.
 func (w *world) base(t *testing.T) verify.Input {
 	return verify.Input{
 		Name: "install.py", Digest: w.digest, Size: int64(len(payload)),
@@ -54,11 +57,29 @@ func (w *world) base(t *testing.T) verify.Input {
 			KeyID: keyID(t, w.k.p256), RawPayloadSize: int64(len(payload)),
 		},
 		Attestation: attest(t, w.k.p256, w.digest, w.pred),
-		Plain:       verify.Claims{Version: "1.2.0", Compatible: []string{"board-rev-c"}},
+		Plain: verify.Plain{Target: "files", Version: "1.2.0", Compatible: []string{"board-rev-c"},
+			WorkingDirectory: "/opt/app/x", PackageName: "install.py", AutoStart: ptr(true)},
 	}
 }
 
-// TestAttacks is the attack table of issue 4: every case must be refused, each with its reason.
+func ptr[T any](v T) *T { return &v }
+
+// with returns the test predicate changed by edit.
+func (w *world) with(edit func(p *verify.Predicate)) verify.Predicate {
+	p := w.pred
+	p.Files = map[string]verify.PredicateFile{}
+	for k, v := range w.pred.Files {
+		p.Files[k] = v
+	}
+	edit(&p)
+	return p
+}
+
+// TestAttacks is the attack table: every case must be refused, each with its own reason. The
+// first part is issue 4's (detached signatures, certificates, the first attestation); the second
+// is issue 11's: the release statement signs the whole install intent, and the document's plain
+// fields may only copy it. Where issue 11 changed a verdict it says so: a plain field that
+// contradicts the signed release is DOCUMENT_MISMATCH, decided before any download.
 func TestAttacks(t *testing.T) {
 	w := newWorld(t)
 	otherDigest := digestOf([]byte("some other release"))
@@ -92,14 +113,24 @@ func TestAttacks(t *testing.T) {
 			in.Digest, in.Signature, in.Attestation = digestOf(flipped), nil, nil
 			p.AllowUnsigned = true
 		}, reason.DigestMismatch},
+		// issue 11: the plain sha256 is a copy of the signed digest; a different one is refused at once.
 		{"correctly signed bytes, document sha256 wrong", func(in *verify.Input, p *verify.Policy) {
 			in.Expected.SHA256 = otherDigest
-		}, reason.DigestMismatch},
+		}, reason.DocumentMismatch},
 		{"one payload bit flipped, document digest forged to match", func(in *verify.Input, p *verify.Policy) {
 			in.Digest, in.Expected.SHA256 = digestOf(flipped), digestOf(flipped)
+		}, reason.DocumentMismatch},
+		{"one payload bit flipped, codesign-only device, document digest forged to match", func(in *verify.Input, p *verify.Policy) {
+			in.Digest, in.Expected.SHA256, in.Attestation = digestOf(flipped), digestOf(flipped), nil
+			p.RequireStatement = false
 		}, reason.SignatureInvalid},
 		{"size mismatch", func(in *verify.Input, p *verify.Policy) { in.Size-- }, reason.SizeMismatch},
-		{"size mismatch against rawPayloadSize", func(in *verify.Input, p *verify.Policy) { in.Signature.RawPayloadSize++ }, reason.SizeMismatch},
+		{"rawPayloadSize disagrees with the signed size", func(in *verify.Input, p *verify.Policy) { in.Signature.RawPayloadSize++ }, reason.DocumentMismatch},
+		{"size mismatch against rawPayloadSize, codesign-only device", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation, p.RequireStatement = nil, false
+			in.Signature.RawPayloadSize++
+			in.Expected.Size = in.Signature.RawPayloadSize
+		}, reason.SizeMismatch},
 		{"algorithm mismatch: RSA signature claimed as ECDSA", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.KeyID = ""
 			in.Signature.Value = sigB64(t, w.k.rsa, verify.RSASHA256, w.digest)
@@ -143,20 +174,21 @@ func TestAttacks(t *testing.T) {
 			in.Signature.CertChain = newCA(t, "attacker CA").leaf(t, w.k.other.Public(), nil)
 			in.Signature.Value = sigB64(t, w.k.other, verify.ECDSASHA256, w.digest)
 		}, reason.UntrustedKey},
-		{"downgrade via the plain version", func(in *verify.Input, p *verify.Policy) {
-			in.Attestation = nil
+		{"downgrade via the plain version, codesign-only device", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation, p.RequireStatement = nil, false
 			in.Plain.Version = "1.0"
 		}, reason.DowngradeRefused},
 		{"downgrade via the signed predicate", func(in *verify.Input, p *verify.Policy) {
-			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Version: "1.0.9", Compatible: []string{"board-rev-c"}})
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version = "1.0.9" }))
 			in.Plain.Version = ""
 		}, reason.DowngradeRefused},
 		{"downgrade to a pre-release of the installed version", func(in *verify.Input, p *verify.Policy) {
-			in.Attestation = nil
-			in.Plain.Version = "1.1.0-rc.1"
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version = "1.1.0-rc.1" }))
+			in.Plain.Version = ""
 		}, reason.DowngradeRefused},
 		{"attestation subject is not the payload digest", func(in *verify.Input, p *verify.Policy) {
 			in.Attestation = attest(t, w.k.p256, otherDigest, w.pred)
+			in.Expected.SHA256 = nil
 		}, reason.DigestMismatch},
 		{"attestation signed by an untrusted key", func(in *verify.Input, p *verify.Policy) {
 			in.Attestation = attest(t, w.k.other, w.digest, w.pred)
@@ -164,16 +196,16 @@ func TestAttacks(t *testing.T) {
 		{"attestation payload swapped after signing", func(in *verify.Input, p *verify.Policy) {
 			var env verify.Envelope
 			_ = json.Unmarshal(in.Attestation, &env)
-			other := attest(t, w.k.p256, w.digest, verify.Predicate{Version: "9.9.9", Compatible: []string{"board-rev-c"}, AllowDowngrade: true})
+			other := attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version, p.AllowDowngrade = "9.9.9", true }))
 			var env2 verify.Envelope
 			_ = json.Unmarshal(other, &env2)
 			env.Payload = env2.Payload
 			in.Attestation, _ = json.Marshal(env)
 		}, reason.SignatureInvalid},
-		{"plain version differs from the signed version", func(in *verify.Input, p *verify.Policy) { in.Plain.Version = "1.3.0" }, reason.InvalidDocument},
+		{"plain version differs from the signed version", func(in *verify.Input, p *verify.Policy) { in.Plain.Version = "1.3.0" }, reason.DocumentMismatch},
 		{"plain compatible list differs from the signed one", func(in *verify.Input, p *verify.Policy) {
 			in.Plain.Compatible = []string{"board-rev-a"}
-		}, reason.InvalidDocument},
+		}, reason.DocumentMismatch},
 		{"incompatible device", func(in *verify.Input, p *verify.Policy) { p.DeviceCompatible = []string{"board-rev-a"} }, reason.IncompatibleDevice},
 		{"incompatible device via the signed list (plain list removed)", func(in *verify.Input, p *verify.Policy) {
 			in.Plain.Compatible = nil
@@ -188,7 +220,122 @@ func TestAttacks(t *testing.T) {
 			s, _ := w.k.ed.Sign(nil, payload, crypto.Hash(0))
 			in.Signature.Value = base64.StdEncoding.EncodeToString(s)
 		}, reason.SignatureInvalid},
-		{"installed version unparsable (fail closed)", func(in *verify.Input, p *verify.Policy) { p.InstalledVersion = "garbage" }, reason.DowngradeRefused},
+		{"installed version unparsable (fail closed)", func(in *verify.Input, p *verify.Policy) { p.Installed.Version = "garbage" }, reason.DowngradeRefused},
+
+		// Issue 11: the release statement is the authority for everything the device does.
+		{"no release statement (codesign only) on a device that requires one", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = nil
+		}, reason.Unsigned},
+		{"replay relabelled: an old signed 1.0 sent as version 9.0", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version = "1.0" }))
+			in.Plain.Version = "9.0"
+		}, reason.DocumentMismatch},
+		{"release for board-x with the plain compatible list relabelled", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Compatible = []string{"board-x"} }))
+		}, reason.DocumentMismatch},
+		{"release for board-x, plain list removed", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Compatible = []string{"board-x"} }))
+			in.Plain.Compatible = nil
+		}, reason.IncompatibleDevice},
+		{"statement signed for another file name (factory-wipe.sh sent as install.py)", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attestAs(t, w.k.p256, "factory-wipe.sh", w.digest, w.with(func(p *verify.Predicate) {
+				p.PackageName, p.Files = "factory-wipe.sh", map[string]verify.PredicateFile{"factory-wipe.sh": {Size: int64(len(payload))}}
+			}))
+		}, reason.DocumentMismatch},
+		{"statement for another target", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) {
+				p.Target, p.WorkingDirectory, p.PackageName, p.AutoStart = "slot", "", "", false
+			}))
+			in.Plain.WorkingDirectory, in.Plain.PackageName, in.Plain.AutoStart = "", "", nil
+		}, reason.DocumentMismatch},
+		{"statement for another working directory", func(in *verify.Input, p *verify.Policy) {
+			in.Plain.WorkingDirectory = "/opt/app/other"
+		}, reason.DocumentMismatch},
+		{"autoStart added to a release that does not start anything", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.AutoStart = false }))
+		}, reason.DocumentMismatch},
+		{"packageName changed to another file", func(in *verify.Input, p *verify.Policy) { in.Plain.PackageName = "other.py" }, reason.DocumentMismatch},
+		{"mode changed from the signed one", func(in *verify.Input, p *verify.Policy) { in.Plain.Mode = 0o700 }, reason.DocumentMismatch},
+		{"size changed from the signed one", func(in *verify.Input, p *verify.Policy) { in.Expected.Size++ }, reason.DocumentMismatch},
+		{"expired statement", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Expires = "2026-01-01T00:00:00Z" }))
+			p.Now = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+		}, reason.ReleaseExpired},
+		{"statement from an untrusted key", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.other, w.digest, w.pred)
+		}, reason.SignatureInvalid},
+		{"statement naming an untrusted key id", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = withKeyID(t, attest(t, w.k.other, w.digest, w.pred), keyID(t, w.k.other))
+		}, reason.UntrustedKey},
+		{"statement naming a trusted key id but signed by another key", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = withKeyID(t, attest(t, w.k.other, w.digest, w.pred), keyID(t, w.k.p256))
+		}, reason.SignatureInvalid},
+		{"statement for one payload reused with another", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, otherDigest, w.pred)
+			in.Signature, in.Expected.SHA256 = nil, nil
+		}, reason.DigestMismatch},
+		{"statement of the old predicate type v1 (version only)", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = statementOf(t, w.k.p256, verify.PredicateTypeV1, `{"version":"1.2.0"}`, w.digest)
+		}, reason.InvalidDocument},
+		{"statement with an unknown predicate key", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = statementOf(t, w.k.p256, verify.PredicateType, `{"target":"files","version":"1.2.0","workingDirectory":"/opt/app/x","files":{"install.py":{"size":52}},"runAsRoot":true}`, w.digest)
+		}, reason.InvalidDocument},
+		{"statement with a group-writable mode", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) {
+				p.Files["install.py"] = verify.PredicateFile{Size: int64(len(payload)), Mode: "0777"}
+			}))
+		}, reason.InvalidDocument},
+		{"statement with a setuid mode", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) {
+				p.Files["install.py"] = verify.PredicateFile{Size: int64(len(payload)), Mode: "4755"}
+			}))
+		}, reason.InvalidDocument},
+		{"statement naming a file with a right-to-left override", func(in *verify.Input, p *verify.Policy) {
+			name := "install‮yp.sh"
+			in.Name = name
+			in.Attestation = attestAs(t, w.k.p256, name, w.digest, w.with(func(p *verify.Predicate) {
+				p.PackageName, p.Files = name, map[string]verify.PredicateFile{name: {Size: int64(len(payload))}}
+			}))
+			in.Plain.PackageName = name
+		}, reason.InvalidDocument},
+		{"statement naming a file with the agent's reserved prefix", func(in *verify.Input, p *verify.Policy) {
+			name := ".fieldota-prev-install.py"
+			in.Name = name
+			in.Attestation = attestAs(t, w.k.p256, name, w.digest, w.with(func(p *verify.Predicate) {
+				p.AutoStart, p.PackageName, p.Files = false, "", map[string]verify.PredicateFile{name: {Size: int64(len(payload))}}
+			}))
+			in.Plain.PackageName, in.Plain.AutoStart = "", nil
+		}, reason.InvalidDocument},
+		{"statement with a working directory that is not clean", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.WorkingDirectory = "/opt/app/x/../../../etc" }))
+			in.Plain.WorkingDirectory = ""
+		}, reason.InvalidDocument},
+		{"statement that starts a file it does not ship", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.PackageName = "sh" }))
+			in.Plain.PackageName = ""
+		}, reason.InvalidDocument},
+		{"statement with a subject that is not among its files", func(in *verify.Input, p *verify.Policy) {
+			st, _ := sign.ReleaseStatementJSON([]verify.Subject{sign.Subject("install.py", w.digest), sign.Subject("extra.bin", otherDigest)}, mustJSON(t, w.pred))
+			in.Attestation = envelopeOf(t, w.k.p256, st)
+		}, reason.InvalidDocument},
+		{"statement with one file signed twice", func(in *verify.Input, p *verify.Policy) {
+			st, _ := sign.ReleaseStatementJSON([]verify.Subject{sign.Subject("install.py", w.digest), sign.Subject("install.py", otherDigest)},
+				mustJSON(t, w.with(func(p *verify.Predicate) { p.Files["other"] = verify.PredicateFile{Size: 1} })))
+			in.Attestation = envelopeOf(t, w.k.p256, st)
+		}, reason.InvalidDocument},
+		{"statement for a slot with an empty image", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Target: "slot", Version: "1.2.0",
+				Files: map[string]verify.PredicateFile{"install.py": {Size: 0}}})
+			in.Plain = verify.Plain{}
+		}, reason.InvalidDocument},
+		{"statement for a binary with a path as its name", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Target: "binary", Version: "1.2.0", Binary: "../../usr/bin/sudo",
+				Files: map[string]verify.PredicateFile{"install.py": {Size: int64(len(payload))}}})
+			in.Plain = verify.Plain{}
+		}, reason.InvalidDocument},
+		{"signed release older than the signed record", func(in *verify.Input, p *verify.Policy) {
+			p.Installed = verify.Installed{Version: "2.0.0", Signed: true}
+		}, reason.DowngradeRefused},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -219,14 +366,15 @@ func TestAccepted(t *testing.T) {
 		name    string
 		mutate  func(in *verify.Input, p *verify.Policy)
 		wantKey crypto.Signer // key of the detached signature, nil if none
-		attest  bool
+		signed  bool          // the release comes from a verified statement
 	}
+	codesignOnly := func(in *verify.Input, p *verify.Policy) { in.Attestation, p.RequireStatement = nil, false }
 	cases := []tc{
-		{"codesign ECDSA P-256 with key id and attestation", func(in *verify.Input, p *verify.Policy) {}, w.k.p256, true},
-		{"codesign ECDSA P-384", func(in *verify.Input, p *verify.Policy) {
+		{"codesign ECDSA P-256 with key id and release statement", func(in *verify.Input, p *verify.Policy) {}, w.k.p256, true},
+		{"codesign ECDSA P-384, codesign-only device", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.KeyID = keyID(t, w.k.p384)
 			in.Signature.Value = sigB64(t, w.k.p384, verify.ECDSASHA256, w.digest)
-			in.Attestation = nil
+			codesignOnly(in, p)
 		}, w.k.p384, false},
 		{"codesign Ed25519 over the SHA-256 digest", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.Algorithm, in.Signature.KeyID = verify.Ed25519SHA256, keyID(t, w.k.ed)
@@ -242,9 +390,9 @@ func TestAccepted(t *testing.T) {
 			in.Signature.Algorithm, in.Signature.KeyID = verify.RSAPSSSHA256, keyID(t, w.k.rsa)
 			in.Signature.Value = sigB64(t, w.k.rsa, verify.RSAPSSSHA256, w.digest)
 		}, w.k.rsa, true},
-		{"FreeRTOS sig-sha256-ecdsa (no key id, no attestation)", func(in *verify.Input, p *verify.Policy) {
+		{"FreeRTOS sig-sha256-ecdsa (no key id), codesign-only device", func(in *verify.Input, p *verify.Policy) {
 			in.Signature = &verify.Signature{Algorithm: verify.ECDSASHA256, Value: sigB64(t, w.k.p256, verify.ECDSASHA256, w.digest)}
-			in.Attestation = nil
+			codesignOnly(in, p)
 		}, w.k.p256, false},
 		{"cosign sign-blob detached signature, algorithm from the key", func(in *verify.Input, p *verify.Policy) {
 			in.Signature = &verify.Signature{Value: sigB64(t, w.k.p256, verify.ECDSASHA256, w.digest) + "\n"}
@@ -253,30 +401,42 @@ func TestAccepted(t *testing.T) {
 			in.Signature = &verify.Signature{Algorithm: verify.ECDSASHA256, CertChain: w.ca.leaf(t, w.k.other.Public(), nil),
 				Value: sigB64(t, w.k.other, verify.ECDSASHA256, w.digest)}
 		}, w.k.other, true},
-		{"certificate chain leaf → intermediate → CA, attestation by the leaf", func(in *verify.Input, p *verify.Policy) {
+		{"certificate chain leaf → intermediate → CA, statement by the leaf", func(in *verify.Input, p *verify.Policy) {
 			chain := append(inter.leaf(t, w.k.other.Public(), nil), pemOf(inter.cert)...)
 			in.Signature = &verify.Signature{Algorithm: verify.ECDSASHA256, CertChain: chain,
 				Value: sigB64(t, w.k.other, verify.ECDSASHA256, w.digest)}
 			in.Attestation = attest(t, w.k.other, w.digest, w.pred)
 		}, w.k.other, true},
-		{"attestation only, ECDSA P-384", func(in *verify.Input, p *verify.Policy) {
+		{"statement only, ECDSA P-384", func(in *verify.Input, p *verify.Policy) {
 			in.Signature, in.Attestation = nil, attest(t, w.k.p384, w.digest, w.pred)
 		}, nil, true},
-		{"attestation only, in-toto Statement v1", func(in *verify.Input, p *verify.Policy) {
-			st, _ := sign.StatementJSON("install.py", w.digest, []byte(`{"version":"1.2.0","compatible":["board-rev-c"]}`))
+		{"statement only, in-toto Statement v1", func(in *verify.Input, p *verify.Policy) {
+			st, _ := sign.StatementJSON("install.py", w.digest, mustJSON(t, w.pred))
 			st = []byte(strings.Replace(string(st), verify.StatementV01, verify.StatementV1, 1))
-			env, err := sign.Envelope(w.k.p256, st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			in.Signature, in.Attestation = nil, env
+			in.Signature, in.Attestation = nil, envelopeOf(t, w.k.p256, st)
 		}, nil, true},
+		{"statement only, no plain copies at all", func(in *verify.Input, p *verify.Policy) {
+			in.Signature, in.Plain, in.Expected = nil, verify.Plain{}, verify.Expected{Size: -1}
+		}, nil, true},
+		{"statement whose keyid names its signing key", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = withKeyID(t, in.Attestation, keyID(t, w.k.p256))
+		}, w.k.p256, true},
+		{"statement with a foreign signature before the trusted one", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = twoSignatures(t, attest(t, w.k.other, w.digest, w.pred), in.Attestation)
+		}, w.k.p256, true},
+		{"statement that expires later", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Expires = "2030-01-01T00:00:00Z" }))
+			p.Now = time.Date(2029, 12, 31, 0, 0, 0, 0, time.UTC)
+		}, w.k.p256, true},
 		{"signed downgrade allowed by the predicate", func(in *verify.Input, p *verify.Policy) {
-			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Version: "1.0.0", Compatible: []string{"board-rev-c"}, AllowDowngrade: true})
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version, p.AllowDowngrade = "1.0.0", true }))
 			in.Plain.Version = "1.0.0"
 		}, w.k.p256, true},
-		{"same version reinstalled", func(in *verify.Input, p *verify.Policy) { p.InstalledVersion = "1.2.0" }, w.k.p256, true},
-		{"nothing installed yet", func(in *verify.Input, p *verify.Policy) { p.InstalledVersion = "" }, w.k.p256, true},
+		{"an unsigned record (9.0) never freezes a signed release", func(in *verify.Input, p *verify.Policy) {
+			p.Installed = verify.Installed{Version: "9.0"}
+		}, w.k.p256, true},
+		{"same version reinstalled", func(in *verify.Input, p *verify.Policy) { p.Installed.Version = "1.2.0" }, w.k.p256, true},
+		{"nothing installed yet", func(in *verify.Input, p *verify.Policy) { p.Installed = verify.Installed{} }, w.k.p256, true},
 		{"unsigned but allowed by config", func(in *verify.Input, p *verify.Policy) {
 			in.Signature, in.Attestation, p.AllowUnsigned = nil, nil, true
 		}, nil, false},
@@ -289,54 +449,56 @@ func TestAccepted(t *testing.T) {
 			if err != nil {
 				t.Fatalf("refused: %v", err)
 			}
-			if c.wantKey != nil && vd.KeyID != keyID(t, c.wantKey) {
-				t.Fatalf("key id %s, want %s", vd.KeyID, keyID(t, c.wantKey))
+			if c.wantKey != nil && vd.Payload.KeyID != keyID(t, c.wantKey) {
+				t.Fatalf("key id %s, want %s", vd.Payload.KeyID, keyID(t, c.wantKey))
 			}
-			if vd.Attested != c.attest {
-				t.Fatalf("attested = %v, want %v", vd.Attested, c.attest)
+			if vd.Release.Signed != c.signed {
+				t.Fatalf("signed release = %v, want %v", vd.Release.Signed, c.signed)
 			}
-			if vd.Signed != (c.wantKey != nil || c.attest) {
-				t.Fatalf("signed = %v", vd.Signed)
-			}
-			// Precheck, before any download, must let every accepted case through.
-			if err := w.ts.Precheck(in, p); err != nil {
-				t.Fatalf("precheck refused: %v", err)
+			if c.signed && (vd.Release.WorkingDirectory != "/opt/app/x" || !vd.Release.AutoStart || vd.Release.Files[0].Mode != 0o755) {
+				t.Fatalf("the signed install intent was not carried: %+v", vd.Release)
 			}
 		})
 	}
 }
 
-// TestPrecheckRefusesOnlyWhatNoDownloadCanChange: before the download, an unsigned document, a
-// plain downgrade and a foreign device are refused (REJECTED while QUEUED); a bad signature and a
-// downgrade that a signed predicate may allow are left to Verify over the downloaded bytes.
-func TestPrecheckRefusesOnlyWhatNoDownloadCanChange(t *testing.T) {
+// TestRefusedBeforeTheDownload: Release and CheckPolicy — what the device runs while the
+// execution is QUEUED — refuse everything the document's signed release decides, and leave only
+// the bytes (their digest and detached signature) to after the download.
+func TestRefusedBeforeTheDownload(t *testing.T) {
 	w := newWorld(t)
 	cases := []struct {
 		name string
-		edit func(in *verify.Input)
-		want error // nil = passes the precheck
+		edit func(in *verify.Input, p *verify.Policy)
+		want error // nil = passes before the download
 	}{
-		{"fully signed release", func(in *verify.Input) {}, nil},
-		{"unsigned", func(in *verify.Input) { in.Signature, in.Attestation = nil, nil }, reason.Unsigned},
-		{"plain downgrade without attestation", func(in *verify.Input) {
-			in.Attestation = nil
-			in.Plain.Version = "1.0.0"
+		{"fully signed release", func(in *verify.Input, p *verify.Policy) {}, nil},
+		{"unsigned", func(in *verify.Input, p *verify.Policy) { in.Signature, in.Attestation = nil, nil }, reason.Unsigned},
+		{"no statement", func(in *verify.Input, p *verify.Policy) { in.Attestation = nil }, reason.Unsigned},
+		{"untrusted statement", func(in *verify.Input, p *verify.Policy) { in.Attestation = attest(t, w.k.other, w.digest, w.pred) }, reason.SignatureInvalid},
+		{"plain field disagrees", func(in *verify.Input, p *verify.Policy) { in.Plain.Version = "9.0" }, reason.DocumentMismatch},
+		{"signed downgrade", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Version = "1.0.0" }))
+			in.Plain.Version = ""
 		}, reason.DowngradeRefused},
-		{"incompatible device", func(in *verify.Input) { in.Plain.Compatible = []string{"board-rev-a"} }, reason.IncompatibleDevice},
-		{"bad signature is left to the download", func(in *verify.Input) {
+		{"expired", func(in *verify.Input, p *verify.Policy) {
+			in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Expires = "2000-01-01T00:00:00Z" }))
+		}, reason.ReleaseExpired},
+		{"incompatible device", func(in *verify.Input, p *verify.Policy) { p.DeviceCompatible = []string{"board-rev-a"} }, reason.IncompatibleDevice},
+		{"bad codesign signature is left to the download", func(in *verify.Input, p *verify.Policy) {
 			in.Signature.Value = sigB64(t, w.k.p256, verify.ECDSASHA256, digestOf([]byte("other")))
-		}, nil},
-		{"downgrade a signed predicate may allow is left to the download", func(in *verify.Input) {
-			in.Plain.Version = "1.0.0"
-			in.Attestation = attest(t, w.k.p256, w.digest, verify.Predicate{Version: "1.0.0", Compatible: []string{"board-rev-c"}, AllowDowngrade: true})
 		}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			in := w.base(t)
-			in.Digest, in.Size = nil, 0 // nothing downloaded yet
-			c.edit(&in)
-			err := w.ts.Precheck(in, w.policy)
+			in, p := w.base(t), w.policy
+			c.edit(&in, &p)
+			fc := verify.FileClaim{Name: in.Name, Size: in.Expected.Size, SHA256: in.Expected.SHA256, Signature: in.Signature}
+			r, err := w.ts.Release(verify.Claims{Statement: in.Attestation, Version: in.Plain.Version, Compatible: in.Plain.Compatible,
+				Files: []verify.FileClaim{fc}}, p)
+			if err == nil {
+				err = verify.CheckPolicy(r, p)
+			}
 			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
 				t.Fatalf("got %v, want %v", err, c.want)
 			}
@@ -351,13 +513,69 @@ func TestNilTrustStoreTrustsNothing(t *testing.T) {
 	if _, err := ts.Verify(in, verify.Policy{AllowUnsigned: true}); !errors.Is(err, reason.UntrustedKey) {
 		t.Fatalf("signed input with no trust store: %v, want UNTRUSTED_KEY", err)
 	}
+	in.Attestation = nil
+	if _, err := ts.Verify(in, verify.Policy{AllowUnsigned: true, DeviceCompatible: []string{"board-rev-c"}}); !errors.Is(err, reason.UntrustedKey) {
+		t.Fatalf("codesign with no trust store: %v, want UNTRUSTED_KEY", err)
+	}
 	in.Signature, in.Attestation = nil, nil
 	allow := w.policy
 	allow.AllowUnsigned = true
 	if _, err := ts.Verify(in, allow); err != nil {
 		t.Fatalf("unsigned, allowed: %v", err)
 	}
-	if _, err := ts.Verify(in, verify.Policy{}); !errors.Is(err, reason.Unsigned) {
+	if _, err := ts.Verify(in, verify.Policy{RequireStatement: true}); !errors.Is(err, reason.Unsigned) {
 		t.Fatalf("unsigned, not allowed: %v", err)
 	}
+}
+
+// withKeyID sets the keyid of every signature of an envelope.
+func withKeyID(t *testing.T, env []byte, id string) []byte {
+	t.Helper()
+	var e verify.Envelope
+	if err := json.Unmarshal(env, &e); err != nil {
+		t.Fatal(err)
+	}
+	for i := range e.Signatures {
+		e.Signatures[i].KeyID = id
+	}
+	b, _ := json.Marshal(e)
+	return b
+}
+
+// twoSignatures puts the signatures of a before those of b, over b's payload.
+func twoSignatures(t *testing.T, a, b []byte) []byte {
+	t.Helper()
+	var ea, eb verify.Envelope
+	if json.Unmarshal(a, &ea) != nil || json.Unmarshal(b, &eb) != nil {
+		t.Fatal("bad envelopes")
+	}
+	eb.Signatures = append(ea.Signatures, eb.Signatures...)
+	out, _ := json.Marshal(eb)
+	return out
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func envelopeOf(t *testing.T, k crypto.Signer, statement []byte) []byte {
+	t.Helper()
+	env, err := sign.Envelope(k, statement)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// statementOf signs a one-subject statement with a predicate given as JSON text.
+func statementOf(t *testing.T, k crypto.Signer, predicateType, predicate string, digest []byte) []byte {
+	t.Helper()
+	st := fmt.Sprintf(`{"_type":%q,"predicateType":%q,"subject":[{"name":"install.py","digest":{"sha256":"%x"}}],"predicate":%s}`,
+		verify.StatementV01, predicateType, digest, predicate)
+	return envelopeOf(t, k, []byte(st))
 }

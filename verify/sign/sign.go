@@ -225,7 +225,9 @@ func Subject(name string, digest []byte) verify.Subject {
 // ReleaseStatementJSON is the Statement of a release of one or more files, in cosign's layout.
 func ReleaseStatementJSON(subjects []verify.Subject, predicateFile []byte) ([]byte, error) {
 	var pred map[string]any
-	if err := json.Unmarshal(predicateFile, &pred); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(predicateFile))
+	dec.UseNumber() // sizes stay exact integers
+	if err := dec.Decode(&pred); err != nil {
 		return nil, fmt.Errorf("predicate: %w", err)
 	}
 	if pred == nil {
