@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
@@ -22,7 +23,9 @@ import (
 var (
 	payload = []byte("print('hello from install.py')\n")
 	sum     = sha256.Sum256(payload)
-	device  = jobdoc.Options{AllowedRoots: []string{"/home/ec2-user", "/opt/app"}}
+	device  = jobdoc.Options{}
+	// policy is a device that requires the release statement (the default).
+	policy = verify.Policy{RequireStatement: true, DeviceCompatible: []string{"board-rev-c"}}
 )
 
 type signed struct {
@@ -44,7 +47,7 @@ func newSigned(t *testing.T) signed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := sign.Attest(k, "install.py", sum[:], verify.Predicate{Version: "1.0", Compatible: []string{"board-rev-c"}})
+	env, err := sign.Attest(k, "install.py", sum[:], seedRelease)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +58,11 @@ func newSigned(t *testing.T) signed {
 	kid, _ := verify.KeyID(k.Public())
 	return signed{k, base64.StdEncoding.EncodeToString(s), base64.StdEncoding.EncodeToString(env), ts, kid, hex.EncodeToString(sum[:])}
 }
+
+// seedRelease is what the seed's document says, signed.
+var seedRelease = verify.Predicate{Target: "files", Version: "1.0", Compatible: []string{"board-rev-c"},
+	WorkingDirectory: "/home/ec2-user/JobSampleTesting", PackageName: "install.py", AutoStart: true,
+	Files: map[string]verify.PredicateFile{"install.py": {Size: int64(len(payload))}}}
 
 // seed is DESIGN.md's example, as written, with the signature and attestation filled in and
 // the presigned URL as the device receives it.
@@ -86,25 +94,26 @@ func TestSeedExampleWorksOnceSigned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !d.AutoStart || d.Target != jobdoc.TargetFiles || len(d.Files) != 1 || d.Files[0].Size != int64(len(payload)) ||
+	if !d.AutoStartValue() || d.Target != jobdoc.TargetFiles || len(d.Files) != 1 || d.Files[0].Size != int64(len(payload)) ||
 		d.WorkingDirectory != "/home/ec2-user/JobSampleTesting" || d.Files[0].Codesign == nil || d.Attestation == nil {
 		t.Fatalf("parsed %+v", d)
 	}
-	in := d.VerifyInput(0)
-	in.Digest, in.Size = sum[:], int64(len(payload))
-	vd, err := s.ts.Verify(in, verify.Policy{InstalledVersion: "0.9", DeviceCompatible: []string{"board-rev-c"}})
+	r, err := s.ts.Release(d.Claims(), policy)
 	if err != nil {
 		t.Fatalf("seed example refused: %v", err)
 	}
-	if !vd.Attested || vd.KeyID != s.kid || vd.Version != "1.0" {
-		t.Fatalf("verdict %+v", vd)
+	if !r.Signed || r.KeyID != s.kid || r.Version != "1.0" || r.PackageName != "install.py" || !r.AutoStart || r.Files[0].Mode != 0o755 {
+		t.Fatalf("release %+v", r)
+	}
+	if _, err := s.ts.CheckPayload(r, 0, sum[:], int64(len(payload)), time.Time{}); err != nil {
+		t.Fatalf("payload refused: %v", err)
 	}
 	// The same document as created (placeholder unexpanded) is for operator tools only.
 	placeholder := "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/install.py}"
 	if _, err := jobdoc.Parse([]byte(s.seed(placeholder)), device); !errors.Is(err, reason.InvalidDocument) {
 		t.Fatalf("placeholder on the device: %v", err)
 	}
-	if _, err := jobdoc.Parse([]byte(s.seed(placeholder)), jobdoc.Options{AllowedRoots: []string{"/"}, AllowPlaceholders: true}); err != nil {
+	if _, err := jobdoc.Parse([]byte(s.seed(placeholder)), jobdoc.Options{AllowPlaceholders: true}); err != nil {
 		t.Fatalf("placeholder for operator tools: %v", err)
 	}
 }
@@ -119,16 +128,25 @@ func TestFilesArrayAndFreeRTOSSignature(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(d.Files) != 2 || d.Files[0].Mode != 0o755 || d.AutoStart {
+	if len(d.Files) != 2 || d.Files[0].Mode != 0o755 || d.AutoStartValue() {
 		t.Fatalf("parsed %+v", d)
 	}
 	if strings.Join(d.Unknown, ",") != "files[0].fileType,presign" {
 		t.Fatalf("unknown keys %v", d.Unknown)
 	}
+	// No statement: only a device that accepts codesign-only releases takes it.
+	if _, err := s.ts.Release(d.Claims(), policy); !errors.Is(err, reason.Unsigned) {
+		t.Fatalf("codesign-only release on a default device: %v", err)
+	}
+	r, err := s.ts.Release(d.Claims(), verify.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Signed || r.Files[1].Mode != 0o644 || r.WorkingDirectory != "/opt/app/bin" {
+		t.Fatalf("release %+v", r)
+	}
 	for i := range d.Files {
-		in := d.VerifyInput(i)
-		in.Digest, in.Size = sum[:], int64(len(payload))
-		if _, err := s.ts.Verify(in, verify.Policy{}); err != nil {
+		if _, err := s.ts.CheckPayload(r, i, sum[:], int64(len(payload)), time.Time{}); err != nil {
 			t.Fatalf("file %d: %v", i, err)
 		}
 	}
@@ -149,7 +167,7 @@ func TestEncodeRoundTrip(t *testing.T) {
 		t.Fatalf("%v\n%s", err, b)
 	}
 	if d2.Version != d.Version || d2.Files[0].Codesign.Signature != d.Files[0].Codesign.Signature ||
-		string(d2.Attestation) != string(d.Attestation) || d2.WorkingDirectory != d.WorkingDirectory || !d2.AutoStart {
+		string(d2.Attestation) != string(d.Attestation) || d2.WorkingDirectory != d.WorkingDirectory || !d2.AutoStartValue() {
 		t.Fatalf("round trip changed the document:\n%+v\n%+v", d, d2)
 	}
 }
@@ -200,7 +218,6 @@ func TestRefusals(t *testing.T) {
 		{"fileName with a slash", repl(`"fileName": "install.py"`, `"fileName": "bin/install.py"`), nil, reason.InvalidDocument, ""},
 		{"fileName dot-dot", repl(`"fileName": "install.py"`, `"fileName": ".."`), nil, reason.InvalidDocument, ""},
 		{"fileName with a newline", repl(`"fileName": "install.py"`, `"fileName": "install\n.py"`), nil, reason.InvalidDocument, ""},
-		{"url http without the flag", repl(presigned, strings.Replace(presigned, "https", "http", 1)), nil, reason.InvalidDocument, ""},
 		{"url ftp", repl(presigned, "ftp://host/x"), nil, reason.InvalidDocument, ""},
 		{"url file", repl(presigned, "file:///etc/shadow"), nil, reason.InvalidDocument, ""},
 		{"url with user info", repl(presigned, "https://user:pw@host/x"), nil, reason.InvalidDocument, ""},
@@ -213,7 +230,6 @@ func TestRefusals(t *testing.T) {
 		{"sha256 not hex", repl(s.hexd, "zz"+s.hexd[2:]), nil, reason.InvalidDocument, ""},
 		{"signature bad base64", repl(s.sig, "MEUC!!"+s.sig[6:]), nil, reason.InvalidDocument, reason.SignatureInvalid},
 		{"signature algorithm SHA1withRSA", repl(`"SHA256withECDSA"`, `"SHA1withRSA"`), nil, reason.InvalidDocument, reason.SignatureInvalid},
-		{"rawPayloadSize disagrees with size", repl(fmt.Sprintf(`"rawPayloadSize": %d`, len(payload)), `"rawPayloadSize": 1`), nil, reason.InvalidDocument, ""},
 		{"codesign and sig-sha256-ecdsa both", file(fmt.Sprintf(`"sig-sha256-ecdsa": %q`, s.sig)), nil, reason.InvalidDocument, ""},
 		{"codesign not an object", repl(`"codesign": {`, `"codesign": "x", "c": {`), nil, reason.InvalidDocument, ""},
 		{"keyId not hex", repl(`"signatureAlgorithm"`, `"keyId": "abc", "signatureAlgorithm"`), nil, reason.InvalidDocument, ""},
@@ -222,15 +238,19 @@ func TestRefusals(t *testing.T) {
 		{"mode not octal", file(`"mode": "rwx"`), nil, reason.InvalidDocument, ""},
 		{"mode as a number", file(`"mode": 493`), nil, reason.InvalidDocument, ""},
 		{"workingDirectory relative", repl(`"/home/ec2-user/JobSampleTesting"`, `"JobSampleTesting"`), nil, reason.InvalidDocument, ""},
-		{"workingDirectory outside the roots", repl(`"/home/ec2-user/JobSampleTesting"`, `"/etc/cron.d"`), nil, reason.InvalidDocument, ""},
 		{"workingDirectory escaping with ..", repl(`"/home/ec2-user/JobSampleTesting"`, `"/opt/app/../../etc"`), nil, reason.InvalidDocument, ""},
-		{"workingDirectory sharing a prefix with a root", repl(`"/home/ec2-user/JobSampleTesting"`, `"/opt/application"`), nil, reason.InvalidDocument, ""},
-		{"no allowed root configured", good, &jobdoc.Options{}, reason.InvalidDocument, ""},
-		{"workingDirectory missing", repl(`"workingDirectory": "/home/ec2-user/JobSampleTesting",`, ``), nil, reason.InvalidDocument, ""},
-		{"autoStart without packageName", repl(`"packageName": "install.py",`, ``), nil, reason.InvalidDocument, ""},
-		{"autoStart of a file not in the job", repl(`"packageName": "install.py"`, `"packageName": "other.py"`), nil, reason.InvalidDocument, ""},
+		{"workingDirectory with a trailing slash", repl(`"/home/ec2-user/JobSampleTesting"`, `"/home/ec2-user/JobSampleTesting/"`), nil, reason.InvalidDocument, ""},
+		{"workingDirectory with a bidi override", repl(`"/home/ec2-user/JobSampleTesting"`, `"/home/ec2-user/Job\u202eSample"`), nil, reason.InvalidDocument, ""},
 		{"packageName a path", repl(`"packageName": "install.py"`, `"packageName": "/bin/sh"`), nil, reason.InvalidDocument, ""},
-		{"slot target with a working directory", repl(`"target": "files"`, `"target": "slot"`), nil, reason.InvalidDocument, ""},
+		{"fileName with a right-to-left override", repl(`"fileName": "install.py"`, `"fileName": "install\u202eyp.sh"`), nil, reason.InvalidDocument, ""},
+		{"fileName with a zero-width joiner", repl(`"fileName": "install.py"`, `"fileName": "inst\u200dall.py"`), nil, reason.InvalidDocument, ""},
+		{"fileName with a no-break space", repl(`"fileName": "install.py"`, `"fileName": "install\u00a0.py"`), nil, reason.InvalidDocument, ""},
+		{"fileName with the agent's reserved prefix", repl(`"fileName": "install.py"`, `"fileName": ".fieldota-prev-install.py"`), nil, reason.InvalidDocument, ""},
+		{"packageName with the agent's reserved prefix", repl(`"packageName": "install.py"`, `"packageName": ".fieldota-new-x"`), nil, reason.InvalidDocument, ""},
+		{"mode world-writable", file(`"mode": "0777"`), nil, reason.InvalidDocument, ""},
+		{"mode group-writable", file(`"mode": "0664"`), nil, reason.InvalidDocument, ""},
+		{"per-file attestation", file(fmt.Sprintf(`"attestation": %q`, s.att)), nil, reason.InvalidDocument, ""},
+		{"size missing without a statement", strings.Replace(repl(fmt.Sprintf(`"size": %d,`, len(payload)), ``), `"attestation": `+fmt.Sprintf("%q", s.att)+`,`, ``, 1), nil, reason.InvalidDocument, ""},
 		{"compatible not an array", repl(`"compatible": ["board-rev-c"]`, `"compatible": "board-rev-c"`), nil, reason.InvalidDocument, ""},
 		{"compatible with a number", repl(`"compatible": ["board-rev-c"]`, `"compatible": ["board-rev-c", 3]`), nil, reason.InvalidDocument, ""},
 		{"compatible with an empty name", repl(`"compatible": ["board-rev-c"]`, `"compatible": [""]`), nil, reason.InvalidDocument, ""},
@@ -266,15 +286,16 @@ func TestAcceptedVariants(t *testing.T) {
 		doc string
 		opt jobdoc.Options
 	}{
-		"autoStart as a JSON bool":   {strings.Replace(good, `"autoStart": "true"`, `"autoStart": true`, 1), device},
-		"http with the flag":         {strings.Replace(good, presigned, "http://127.0.0.1:8080/install.py", 1), jobdoc.Options{AllowedRoots: device.AllowedRoots, AllowInsecureHTTP: true}},
-		"workingDirectory is a root": {strings.Replace(good, `"/home/ec2-user/JobSampleTesting"`, `"/opt/app/"`, 1), device},
+		"autoStart as a JSON bool":              {strings.Replace(good, `"autoStart": "true"`, `"autoStart": true`, 1), device},
+		"http (the download policy decides)":    {strings.Replace(good, presigned, "http://127.0.0.1:8080/install.py", 1), device},
+		"HTTPS in capitals":                     {strings.Replace(good, "https://", "HTTPS://", 1), device},
+		"size and sha256 left to the statement": {strings.Replace(strings.Replace(good, fmt.Sprintf(`"size": %d,`, len(payload)), ``, 1), fmt.Sprintf(`"sha256": %q,`, s.hexd), ``, 1), device},
 		"attestation as an object": {strings.Replace(good, fmt.Sprintf("%q", s.att), func() string {
 			b, _ := base64.StdEncoding.DecodeString(s.att)
 			return string(b)
 		}(), 1), device},
 		"v2 placeholder for tools": {strings.Replace(good, presigned, "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/b/k%3FversionId%3D1}", 1),
-			jobdoc.Options{AllowedRoots: []string{"/"}, AllowPlaceholders: true}},
+			jobdoc.Options{AllowPlaceholders: true}},
 		"certificateChain AWS object": {strings.Replace(good, `"signatureAlgorithm"`, `"certificateChain": {"certificateName":"c","inlineDocument":"`+
 			base64.StdEncoding.EncodeToString([]byte("-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n"))+`"}, "signatureAlgorithm"`, 1), device},
 	} {
@@ -284,22 +305,36 @@ func TestAcceptedVariants(t *testing.T) {
 	}
 }
 
-func TestVersionMayComeFromTheDocumentAttestationOnly(t *testing.T) {
+func TestVersionMayComeFromTheStatementOnly(t *testing.T) {
 	s := newSigned(t)
 	noVersion := strings.Replace(s.seed(presigned), `"version": "1.0",`, ``, 1)
 	d, err := jobdoc.Parse([]byte(noVersion), device)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := d.VerifyInput(0)
-	in.Digest, in.Size = sum[:], int64(len(payload))
-	vd, err := s.ts.Verify(in, verify.Policy{InstalledVersion: "1.0", DeviceCompatible: []string{"board-rev-c"}})
-	if err != nil || vd.Version != "1.0" {
-		t.Fatalf("verdict %+v, %v", vd, err)
+	r, err := s.ts.Release(d.Claims(), policy)
+	if err != nil || r.Version != "1.0" {
+		t.Fatalf("release %+v, %v", r, err)
 	}
-	// Per-file attestations could disagree with each other: then the plain version is required.
-	perFile := strings.Replace(noVersion, `"sha256":`, `"attestation": `+fmt.Sprintf("%q", s.att)+`, "sha256":`, 1)
-	if _, err := jobdoc.Parse([]byte(perFile), device); !errors.Is(err, reason.InvalidDocument) {
-		t.Fatalf("per-file attestation without a plain version: %v", err)
+}
+
+// TestRefusalsNameTheFieldAndWhy: a refusal's words carry its cause ("…is not a base name"),
+// not only the field (issue 12: the device used to report detail "attestation").
+func TestRefusalsNameTheFieldAndWhy(t *testing.T) {
+	s := newSigned(t)
+	good := s.seed(presigned)
+	for name, c := range map[string]struct{ old, new, want string }{
+		"fileName":    {`"fileName": "install.py"`, `"fileName": "../../etc/passwd"`, `files[0].fileName: "../../etc/passwd" is not a base name`},
+		"attestation": {fmt.Sprintf("%q", s.att), `{"payloadType":"text/plain"}`, `attestation: envelope payloadType "text/plain"`},
+		"signature":   {`"SHA256withECDSA"`, `"SHA1withRSA"`, `files[0].codesign.signatureAlgorithm: signature algorithm "SHA1withRSA" not supported`},
+		"mode":        {`"fileName": "install.py",`, `"fileName": "install.py", "mode": "0777",`, `files[0].mode 0777 lets group or others write the file`},
+	} {
+		_, err := jobdoc.Parse([]byte(strings.Replace(good, c.old, c.new, 1)), device)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want it to say %q", name, err, c.want)
+		}
+		if err != nil && strings.Count(err.Error(), "INVALID_DOCUMENT") != 1 {
+			t.Errorf("%s: code printed more than once: %v", name, err)
+		}
 	}
 }
