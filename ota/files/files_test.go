@@ -1,25 +1,52 @@
 package files
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
-	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/fieldota/fieldota/ota/confine"
 	"github.com/fieldota/fieldota/ota/reason"
 )
 
-func stage(t *testing.T, content string) string {
+// staged writes content to a root-only staging file and returns it open, with its digest.
+func staged(t *testing.T, content string) (*os.File, []byte) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "staged")
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	sum := sha256.Sum256([]byte(content))
+	return f, sum[:]
+}
+
+func file(t *testing.T, name, content string, mode fs.FileMode) File {
+	f, sum := staged(t, content)
+	return File{Name: name, Mode: mode, Staged: f, SHA256: sum}
+}
+
+// rootDir is a working directory no one but root can change (t.TempDir: 0700 under sticky /tmp).
+func rootDir(t *testing.T) (string, confine.Checked) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "app")
+	c, err := confine.Check(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, c
 }
 
 func read(t *testing.T, p string) string {
@@ -41,217 +68,218 @@ func assertNoMarkers(t *testing.T, dir string) {
 	}
 }
 
-const okScript = "#!/bin/sh\necho started $(pwd)\n"
-
-func TestPlacesFilesWithModesAndStartsPackage(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "app.conf"), []byte("old conf"), 0o644); err != nil {
+func TestPlacesFilesWithTheirModesAndCreatesTheDirectory(t *testing.T) {
+	dir, c := rootDir(t)
+	old := syscall.Umask(0o077) // the shipped unit's UMask must not make the directory unreadable
+	defer syscall.Umask(old)
+	p := Plan{Dir: c, Files: []File{file(t, "install.sh", "#!/bin/sh\n", 0o750), file(t, "app.conf", "new conf", 0o640)}}
+	if err := Place(p); err != nil {
 		t.Fatal(err)
 	}
-	p := Plan{Dir: dir, Start: "install.sh", Files: []File{
-		{Name: "install.sh", Staged: stage(t, okScript), Mode: 0o750},
-		{Name: "app.conf", Staged: stage(t, "new conf"), Mode: 0o640},
-	}}
-	res, err := Install(context.Background(), p)
-	if err != nil {
+	if err := Commit(p); err != nil {
 		t.Fatal(err)
-	}
-	if !strings.Contains(res.Output, "started "+dir) {
-		t.Fatalf("output %q", res.Output)
 	}
 	if read(t, filepath.Join(dir, "app.conf")) != "new conf" {
-		t.Fatal("conf not replaced")
+		t.Fatal("conf not placed")
 	}
-	fi, _ := os.Stat(filepath.Join(dir, "install.sh"))
-	if fi.Mode().Perm() != 0o750 {
-		t.Fatalf("mode %v", fi.Mode())
+	for name, want := range map[string]fs.FileMode{"install.sh": 0o750, "app.conf": 0o640} {
+		fi, _ := os.Stat(filepath.Join(dir, name))
+		if fi.Mode().Perm() != want {
+			t.Fatalf("%s mode %v, want %v", name, fi.Mode().Perm(), want)
+		}
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != confine.DirMode {
+		t.Fatalf("created directory mode %v under umask 077", fi.Mode().Perm())
 	}
 	assertNoMarkers(t, dir)
 }
 
-func TestFailedStartPutsPreviousFilesBack(t *testing.T) {
-	cases := []struct {
-		name    string
-		script  string
-		timeout time.Duration
-		output  string
-	}{
-		{"exit status 3", "#!/bin/sh\necho about to fail\nexit 3\n", 0, "about to fail"},
-		{"hangs past its timeout", "#!/bin/sh\necho hanging\nexec sleep 60\n", 300 * time.Millisecond, "hanging"},
-		{"not executable format", "this is not a program", 0, ""},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "run.sh"), []byte("previous run.sh"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			p := Plan{Dir: dir, Start: "run.sh", Timeout: tc.timeout, Files: []File{
-				{Name: "run.sh", Staged: stage(t, tc.script), Mode: 0o755},
-				{Name: "brand-new.txt", Staged: stage(t, "new"), Mode: 0o644},
-			}}
-			start := time.Now()
-			_, err := Install(context.Background(), p)
-			if !errors.Is(err, reason.AutostartFailed) {
-				t.Fatalf("want AUTOSTART_FAILED, got %v", err)
-			}
-			var se *StartError
-			if !errors.As(err, &se) || !strings.Contains(se.Output, tc.output) {
-				t.Fatalf("output not carried: %+v", se)
-			}
-			if time.Since(start) > 20*time.Second {
-				t.Fatal("timeout not enforced")
-			}
-			if got := read(t, filepath.Join(dir, "run.sh")); got != "previous run.sh" {
-				t.Fatalf("previous file not restored: %q", got)
-			}
-			if _, err := os.Stat(filepath.Join(dir, "brand-new.txt")); !errors.Is(err, os.ErrNotExist) {
-				t.Fatal("file that did not exist before is still there")
-			}
-			assertNoMarkers(t, dir)
-		})
-	}
-}
-
-func TestStartIsNeverInterpretedByAShell(t *testing.T) {
-	dir := t.TempDir()
-	name := "pkg;touch pwned"
-	p := Plan{Dir: dir, Start: name, Files: []File{{Name: name, Staged: stage(t, okScript), Mode: 0o755}}}
-	if _, err := Install(context.Background(), p); err != nil {
+func TestRestorePutsPreviousFilesBack(t *testing.T) {
+	dir, c := rootDir(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
-		t.Fatal("the package name was run through a shell")
-	}
-}
-
-func TestStartedPackageGetsOnlyAMinimalEnvironment(t *testing.T) {
-	t.Setenv("FIELDOTA_SECRET", "hunter2")
-	dir := t.TempDir()
-	p := Plan{Dir: dir, Start: "env.sh", Files: []File{{Name: "env.sh", Staged: stage(t, "#!/bin/sh\nenv\n"), Mode: 0o755}}}
-	res, err := Install(context.Background(), p)
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "app.conf"), []byte("old conf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(res.Output, "hunter2") || !strings.Contains(res.Output, "PATH=") {
-		t.Fatalf("environment leaked or missing: %q", res.Output)
-	}
-}
-
-func TestOutputKeepsOnlyTheLast1024Characters(t *testing.T) {
-	dir := t.TempDir()
-	script := "#!/bin/sh\ni=0\nwhile [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done\necho THE-END\n"
-	p := Plan{Dir: dir, Start: "chatty.sh", Files: []File{{Name: "chatty.sh", Staged: stage(t, script), Mode: 0o755}}}
-	res, err := Install(context.Background(), p)
-	if err != nil {
+	p := Plan{Dir: c, Files: []File{file(t, "app.conf", "new conf", 0o644), file(t, "new.bin", "x", 0o644)}}
+	if err := Place(p); err != nil {
 		t.Fatal(err)
 	}
-	if len([]rune(res.Output)) != OutputTail || !strings.HasSuffix(strings.TrimSpace(res.Output), "THE-END") {
-		t.Fatalf("len %d, tail %q", len([]rune(res.Output)), res.Output[len(res.Output)-20:])
+	if err := Restore(p); err != nil {
+		t.Fatal(err)
+	}
+	if read(t, filepath.Join(dir, "app.conf")) != "old conf" || read(t, filepath.Join(dir, "new.bin")) != "<missing>" {
+		t.Fatal("previous state not restored")
+	}
+	assertNoMarkers(t, dir)
+}
+
+// TestCrashMidPlaceIsUndoneThenRedone: markers left by a crash after the first file are
+// restored before the next Place runs.
+func TestCrashMidPlaceIsUndoneThenRedone(t *testing.T) {
+	dir, c := rootDir(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "a"), []byte("old a"), 0o644)
+	// The state after a kill between the two files: a replaced (backup kept), b untouched, a
+	// temp file of the interrupted write.
+	os.Link(filepath.Join(dir, "a"), filepath.Join(dir, prevPrefix+"a"))
+	os.Remove(filepath.Join(dir, "a"))
+	os.WriteFile(filepath.Join(dir, "a"), []byte("half new a"), 0o644)
+	os.WriteFile(filepath.Join(dir, ".fieldota-tmp-b-123"), []byte("partial"), 0o600)
+	p := Plan{Dir: c, Files: []File{file(t, "a", "new a", 0o644), file(t, "b", "new b", 0o644)}}
+	if err := Place(p); err != nil {
+		t.Fatal(err)
+	}
+	if read(t, filepath.Join(dir, "a")) != "new a" || read(t, filepath.Join(dir, "b")) != "new b" {
+		t.Fatal("not placed")
+	}
+	if err := Restore(p); err != nil {
+		t.Fatal(err)
+	}
+	if read(t, filepath.Join(dir, "a")) != "old a" || read(t, filepath.Join(dir, "b")) != "<missing>" {
+		t.Fatalf("restore after a crash lost the original: a=%q", read(t, filepath.Join(dir, "a")))
 	}
 }
 
-// TestCrashMidInstallIsUndoneThenRedone simulates each point a kill -9 can leave a files install
-// in, then runs Install again as the resumed agent does.
-func TestCrashMidInstallIsUndoneThenRedone(t *testing.T) {
-	type setup func(t *testing.T, dir string)
-	cases := map[string]setup{
-		"killed after keeping the previous copy": func(t *testing.T, dir string) {
-			if err := os.Link(filepath.Join(dir, "a.txt"), filepath.Join(dir, prevPrefix+"a.txt")); err != nil {
-				t.Fatal(err)
-			}
-		},
-		"killed after replacing one of two files": func(t *testing.T, dir string) {
-			if err := os.Link(filepath.Join(dir, "a.txt"), filepath.Join(dir, prevPrefix+"a.txt")); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Remove(filepath.Join(dir, "a.txt")); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, "a.txt"), []byte("new a"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		},
-		"killed after marking a new file": func(t *testing.T, dir string) {
-			if err := os.WriteFile(filepath.Join(dir, newPrefix+"b.txt"), nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, "b.txt"), []byte("half"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		},
-	}
-	for name, crash := range cases {
-		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "a.txt"), []byte("old a"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			crash(t, dir)
-			p := Plan{Dir: dir, Files: []File{
-				{Name: "a.txt", Staged: stage(t, "new a"), Mode: 0o644},
-				{Name: "b.txt", Staged: stage(t, "new b"), Mode: 0o644},
-			}}
-			// Restoring alone must give back exactly the old state.
-			if err := Restore(p); err != nil {
-				t.Fatal(err)
-			}
-			if read(t, filepath.Join(dir, "a.txt")) != "old a" || read(t, filepath.Join(dir, "b.txt")) != "<missing>" {
-				t.Fatalf("restore gave a=%q b=%q", read(t, filepath.Join(dir, "a.txt")), read(t, filepath.Join(dir, "b.txt")))
-			}
-			crash(t, dir) // the crash again, then the resumed install
-			if _, err := Install(context.Background(), p); err != nil {
-				t.Fatal(err)
-			}
-			if read(t, filepath.Join(dir, "a.txt")) != "new a" || read(t, filepath.Join(dir, "b.txt")) != "new b" {
-				t.Fatal("resumed install incomplete")
-			}
-			assertNoMarkers(t, dir)
-		})
-	}
-}
-
-func TestPlanRefusesPathTricks(t *testing.T) {
-	for _, name := range []string{"../etc/passwd", "a/b", "..", ".fieldota-prev-x", ""} {
-		_, err := Install(context.Background(), Plan{Dir: t.TempDir(), Files: []File{{Name: name, Staged: "/dev/null"}}})
-		if !errors.Is(err, reason.InstallFailed) {
-			t.Fatalf("%q: got %v", name, err)
+func TestPlanRefusesNamesAndModes(t *testing.T) {
+	_, c := rootDir(t)
+	for _, f := range []File{
+		file(t, "../escape", "x", 0o644), file(t, "a/b", "x", 0o644), file(t, ".fieldota-prev-x", "x", 0o644),
+		file(t, "ok", "x", 0o666), file(t, "ok", "x", 0o4755), file(t, "ok", "x", 0),
+	} {
+		if err := Place(Plan{Dir: c, Files: []File{f}}); err == nil {
+			t.Errorf("%q mode %v accepted", f.Name, f.Mode)
 		}
-	}
-	_, err := Install(context.Background(), Plan{Dir: t.TempDir(), Start: "other", Files: []File{{Name: "a", Staged: "/dev/null"}}})
-	if !errors.Is(err, reason.InstallFailed) {
-		t.Fatalf("start not among files: %v", err)
 	}
 }
 
 func TestSymlinkAtTargetIsNotFollowed(t *testing.T) {
-	dir := t.TempDir()
+	dir, c := rootDir(t)
 	victim := filepath.Join(t.TempDir(), "victim")
-	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(victim, filepath.Join(dir, "a.txt")); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Install(context.Background(), Plan{Dir: dir, Files: []File{{Name: "a.txt", Staged: stage(t, "evil"), Mode: 0o644}}})
-	if !errors.Is(err, reason.InstallFailed) || read(t, victim) != "keep" {
-		t.Fatalf("symlink followed: %v %q", err, read(t, victim))
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	os.MkdirAll(dir, 0o755)
+	os.Symlink(victim, filepath.Join(dir, "app.conf"))
+	err := Place(Plan{Dir: c, Files: []File{file(t, "app.conf", "attack", 0o644)}})
+	if !errors.Is(err, reason.InstallFailed) || read(t, victim) != "precious" {
+		t.Fatalf("err %v, victim %q", err, read(t, victim))
 	}
 }
 
 func TestStagedPayloadChangedAfterVerificationIsNotPlaced(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "app.conf"), []byte("old"), 0o644); err != nil {
+	dir, c := rootDir(t)
+	f := file(t, "app.bin", "signed bytes", 0o644)
+	if err := os.WriteFile(f.Staged.Name(), []byte("other bytes!"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	verified := sha256.Sum256([]byte("verified bytes"))
-	staged := stage(t, "bytes swapped on disk after verify")
-	_, err := Install(context.Background(), Plan{Dir: dir, Files: []File{{Name: "app.conf", Staged: staged, Mode: 0o644, SHA256: verified[:]}}})
-	if !errors.Is(err, reason.DigestMismatch) || !errors.Is(err, reason.InstallFailed) {
-		t.Fatalf("want INSTALL_FAILED with DIGEST_MISMATCH, got %v", err)
+	err := Place(Plan{Dir: c, Files: []File{file(t, "first.conf", "fine", 0o644), f}})
+	if !errors.Is(err, reason.DigestMismatch) {
+		t.Fatalf("got %v", err)
 	}
-	if read(t, filepath.Join(dir, "app.conf")) != "old" {
-		t.Fatal("changed bytes were placed")
+	// Nothing at all was placed: the digests are checked before the first file.
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		if read(t, filepath.Join(dir, "first.conf")) != "<missing>" {
+			t.Fatal("a file was placed before the mismatch was found")
+		}
 	}
-	assertNoMarkers(t, dir)
+}
+
+func TestPlacementAsTheFilesUserOwnsTheFilesAndCannotTouchRootsDirectories(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test needs root (CI runs as root)")
+	}
+	u := &confine.User{Name: "nobody", UID: 65534, GID: 65534}
+	home := filepath.Join(reachable(t), "home", "user")
+	if err := os.MkdirAll(home, 0o755); err != nil || os.Chown(home, 65534, 65534) != nil {
+		t.Fatal("setup")
+	}
+	dir := filepath.Join(home, "JobSampleTesting")
+	c, err := confine.Check(dir, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Plan{Dir: c, User: u, Files: []File{file(t, "install.py", "print(1)\n", 0o755)}}
+	if err := Place(p); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{dir, filepath.Join(dir, "install.py")} {
+		fi, _ := os.Stat(path)
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || st.Gid != 65534 {
+			t.Fatalf("%s owned by %d:%d, want the files' user", path, st.Uid, st.Gid)
+		}
+	}
+	if err := Commit(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDirectorySwappedMidInstallNeverRedirectsRoot is attack 4: a local user who can write the
+// directory exchanges it for a symlink to a directory of root's (renameat2 RENAME_EXCHANGE), over
+// and over, while installs run. Placing as that user (files.run_as), every write the exchange
+// redirects is the user's own and fails in root's directory; without run_as the directory is
+// refused outright.
+func TestDirectorySwappedMidInstallNeverRedirectsRoot(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test needs root (CI runs as root)")
+	}
+	u := &confine.User{Name: "nobody", UID: 65534, GID: 65534}
+	base := filepath.Join(reachable(t), "home")
+	victim := filepath.Join(t.TempDir(), "etc") // root's, 0755
+	for _, d := range []string{base, victim} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chown(base, 65534, 65534)
+	dir, decoy := filepath.Join(base, "app"), filepath.Join(base, "decoy")
+	os.Mkdir(dir, 0o755)
+	os.Chown(dir, 65534, 65534)
+	if err := os.Symlink(victim, decoy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := confine.Check(dir, nil); !errors.Is(err, reason.UnsafePath) {
+		t.Fatalf("a user's directory accepted for root: %v", err)
+	}
+	c, err := confine.Check(dir, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	placed := 0
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() { // the attacker
+		defer close(done)
+		for !stop.Load() {
+			_ = unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, decoy, unix.RENAME_EXCHANGE)
+		}
+	}()
+	for range 200 {
+		p := Plan{Dir: c, User: u, Files: []File{file(t, "cron.job", "* * * * * root evil", 0o644)}}
+		if Place(p) == nil {
+			placed++
+			_ = Commit(p)
+		}
+	}
+	stop.Store(true)
+	<-done
+	if placed == 0 {
+		t.Fatal("no install went through at all: the test proves nothing")
+	}
+	ents, _ := os.ReadDir(victim)
+	if len(ents) != 0 {
+		t.Fatalf("root's directory gained %d entries (%s…)", len(ents), ents[0].Name())
+	}
+}
+
+// reachable is a temp directory other users can traverse, like /home.
+// (t.TempDir's parent is 0700).
+func reachable(t *testing.T) string {
+	d, err := os.MkdirTemp("", "fieldota-files-")
+	if err != nil || os.Chmod(d, 0o755) != nil {
+		t.Fatal("temp dir", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }
