@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/fieldota/fieldota/ota/run"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -41,6 +42,11 @@ type harness struct {
 }
 
 const thing = "dev1"
+
+func TestMain(m *testing.M) {
+	run.MaybeShim() // autoStart programs run through this test binary as their shim
+	os.Exit(m.Run())
+}
 
 // clock is a wall clock that a test can move forward (to expire presigned URLs).
 type clock struct {
@@ -96,6 +102,7 @@ progress_min_interval = "1ms"
 keys = [%q]
 [download]
 allow_insecure_http = true
+allowed_hosts = ["127.0.0.1"]
 stall_timeout = "5s"
 [files]
 allowed_roots = [%q]
@@ -125,6 +132,16 @@ func (h *harness) seedDoc(name string, content []byte, version, workDir string) 
 	h.t.Helper()
 	d := testdoc.For(name, content, version)
 	d.WorkDir, d.AutoStart = workDir, strings.HasSuffix(name, ".sh") || strings.HasSuffix(name, ".py")
+	doc, err := d.Signed(h.key)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return doc
+}
+
+// doc signs a document described by d with the release key.
+func (h *harness) doc(d testdoc.Doc) string {
+	h.t.Helper()
 	doc, err := d.Signed(h.key)
 	if err != nil {
 		h.t.Fatal(err)
@@ -425,19 +442,18 @@ func TestDocumentsThatCanNeverSucceedAreRejectedWhileQueued(t *testing.T) {
 	script := []byte("#!/bin/sh\necho x\n")
 	h.publish("run.sh", script)
 	work := filepath.Join(h.appRoot, "w")
-	unsigned := withoutCodesign(h.seedDoc("run.sh", script, "1.0", work))
 	fd := testdoc.For("run.sh", script, "1.0")
-	fd.WorkDir, fd.AutoStart, fd.Compatible = work, true, []string{"board-rev-a"}
-	foreign, err := fd.Signed(h.key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd.WorkDir, fd.AutoStart = work, true
+	unsigned, foreign, slotJob := fd, fd, fd
+	unsigned.NoStatement, unsigned.FilePlain = true, map[string]any{"codesign": nil}
+	foreign.Compatible = []string{"board-rev-a"}
+	slotJob.Target = "slot"
 	outside := h.seedDoc("run.sh", script, "1.0", "/etc/fieldota-test")
 	cases := map[string]struct{ doc, reason string }{
-		"unsigned":           {unsigned, "UNSIGNED"},
-		"incompatible":       {foreign, "INCOMPATIBLE_DEVICE"},
-		"outside the roots":  {outside, "INVALID_DOCUMENT"},
-		"unsupported target": {slotDoc(h.seedDoc("run.sh", script, "1.0", work)), "UNSUPPORTED_OPERATION"},
+		"unsigned":           {h.doc(unsigned), "UNSIGNED"},
+		"incompatible":       {h.doc(foreign), "INCOMPATIBLE_DEVICE"},
+		"outside the roots":  {outside, "UNSAFE_PATH"},
+		"unsupported target": {h.doc(slotJob), "UNSUPPORTED_OPERATION"},
 	}
 	for name, c := range cases {
 		h.createJob(strings.ReplaceAll(name, " ", "-"), c.doc)
@@ -468,33 +484,13 @@ func TestSymlinkInsideAllowedRootCannotLeadOutside(t *testing.T) {
 	h.createJob("escape", h.seedDoc("run.sh", script, "1.0", filepath.Join(h.appRoot, "escape", "deeper")))
 	h.run()
 	ex := h.waitTerminal("escape")
-	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "INVALID_DOCUMENT" {
+	// Resolved while QUEUED: refused before anything is downloaded.
+	if ex.Status != "REJECTED" || ex.StatusDetails.DetailsMap["reason"] != "UNSAFE_PATH" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
 	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 		t.Fatalf("wrote outside the allowed root: %v", ents)
 	}
-}
-
-// withoutCodesign strips the signature from a document.
-func withoutCodesign(doc string) string {
-	var d map[string]any
-	_ = json.Unmarshal([]byte(doc), &d)
-	delete(d["files"].(map[string]any), "codesign")
-	b, _ := json.Marshal(d)
-	return string(b)
-}
-
-// slotDoc turns a files document into a slot one (no working directory, nothing to start).
-func slotDoc(doc string) string {
-	var d map[string]any
-	_ = json.Unmarshal([]byte(doc), &d)
-	d["target"] = "slot"
-	delete(d, "workingDirectory")
-	delete(d, "autoStart")
-	delete(d, "packageName")
-	b, _ := json.Marshal(d)
-	return string(b)
 }
 
 // TestCanceledAfterAHalfDoneInstallPutsEveryFileBack: an install cut short (a kill between

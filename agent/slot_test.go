@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/fieldota/fieldota/test/testdoc"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -54,7 +55,7 @@ func newSlotRig(t *testing.T, bl slot.Bootloader, cfgSlot config.Slot) *slotRig 
 	if err := h.cfg.EnsureStateDir(); err != nil {
 		t.Fatal(err)
 	}
-	if err := recordInstalled(h.cfg.StateDir, "slot", "1.0.0"); err != nil {
+	if err := recordInstalled(h.cfg.StateDir, "slot", &verify.Release{Version: "1.0.0", Signed: true}); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -111,7 +112,9 @@ func (r *slotRig) rebootRequested() bool {
 
 func (r *slotRig) job(id string, img []byte, version string) {
 	r.h.publish("rootfs.img", img)
-	r.h.createJob(id, slotDoc(r.h.seedDoc("rootfs.img", img, version, filepath.Join(r.h.appRoot, "unused"))))
+	d := testdoc.For("rootfs.img", img, version)
+	d.Target = "slot"
+	r.h.createJob(id, r.h.doc(d))
 }
 
 // TestSlotJobWithTheFileBootloaderRebootsIntoTheNewSlotAndCommits: the install asks for one
@@ -145,7 +148,7 @@ func TestSlotJobWithTheFileBootloaderRebootsIntoTheNewSlotAndCommits(t *testing.
 		t.Fatalf("not committed: %+v", st)
 	}
 	inst, _ := loadInstalled(r.h.cfg.StateDir)
-	if inst["slot"] != "2.0.0" {
+	if inst["slot"].Version != "2.0.0" {
 		t.Fatalf("installed %v", inst)
 	}
 }
@@ -184,7 +187,7 @@ func TestSlotCorruptedWriteIsCaughtByTheReadBackAndTheEnvironmentIsUntouched(t *
 	if r.rebootRequested() {
 		t.Fatal("a reboot was requested after a failed read-back")
 	}
-	if inst, _ := loadInstalled(r.h.cfg.StateDir); inst["slot"] != "1.0.0" {
+	if inst, _ := loadInstalled(r.h.cfg.StateDir); inst["slot"].Version != "1.0.0" {
 		t.Fatalf("installed %v", inst)
 	}
 }
@@ -286,7 +289,7 @@ func TestSlotNewSlotThatCannotReachTheBrokerIsRolledBack(t *testing.T) {
 	if ex.Status != "FAILED" || d["reason"] != "HEALTH_CHECK_FAILED" || d["rolledBack"] != "true" || d["runningSlot"] != "a" {
 		t.Fatalf("%s %v", ex.Status, d)
 	}
-	if inst, _ := loadInstalled(r.h.cfg.StateDir); inst["slot"] != "1.0.0" {
+	if inst, _ := loadInstalled(r.h.cfg.StateDir); inst["slot"].Version != "1.0.0" {
 		t.Fatalf("installed %v", inst)
 	}
 }

@@ -99,12 +99,16 @@ func (a *Agent) swapTarget() (string, bool, error) {
 // binaryKey checks that the release is for the binary this device manages, in a directory no one
 // but root can change, and names it by its resolved path.
 func (a *Agent) binaryKey(r *verify.Release) (string, error) {
-	if r.Binary != "" && r.Binary != a.cfg.Swap.Name {
-		return "", reason.Errorf(reason.UnsupportedOperation, "the release is for the binary %q; this device manages %q (swap.name)", r.Binary, a.cfg.Swap.Name)
-	}
 	target, _, err := a.swapTarget()
 	if err != nil {
 		return "", err
+	}
+	name := a.cfg.Swap.Name
+	if name == "" {
+		name = filepath.Base(target)
+	}
+	if r.Binary != "" && r.Binary != name {
+		return "", reason.Errorf(reason.UnsupportedOperation, "the release is for the binary %q; this device manages %q (swap.name)", r.Binary, name)
 	}
 	// A user who can write the binary's directory could plant .<name>.new as a symlink and make
 	// root overwrite any file: the directory must be root's alone.

@@ -88,7 +88,10 @@ func (m *managedApp) kill() {
 func (h *harness) binaryDoc(name string, content []byte, version string) string {
 	h.t.Helper()
 	d := testdoc.For(name, content, version)
-	d.Target = "binary"
+	d.Target, d.Binary = "binary", "myapp"
+	if h.cfg.Swap.Target != "" {
+		d.Binary = filepath.Base(h.cfg.Swap.Target)
+	}
 	doc, err := d.Signed(h.key)
 	if err != nil {
 		h.t.Fatal(err)
@@ -124,7 +127,7 @@ func TestHealthyNewBinaryIsSwappedRestartedAndCommitted(t *testing.T) {
 		t.Fatalf("previous binary kept without keep_old: %v", err)
 	}
 	inst, err := loadInstalled(h.cfg.StateDir)
-	if err != nil || inst["binary:"+m.target] != "2.0" {
+	if err != nil || inst["binary:"+m.target].Version != "2.0" {
 		t.Fatalf("installed %v %v", inst, err)
 	}
 }
@@ -149,7 +152,7 @@ func TestNewBinaryThatExitsAtOnceIsRolledBackAndTheOldOneRunsAgain(t *testing.T)
 	if err := swap.Runs(m.pid(), m.target); err != nil {
 		t.Fatalf("the old binary is not running again: %v", err)
 	}
-	if inst, _ := loadInstalled(h.cfg.StateDir); inst["binary:"+m.target] != "" {
+	if inst, _ := loadInstalled(h.cfg.StateDir); inst["binary:"+m.target].Version != "" {
 		t.Fatalf("a rolled-back version was recorded: %v", inst)
 	}
 }

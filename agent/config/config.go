@@ -128,7 +128,7 @@ type Slot struct {
 // Swap configures binary swaps.
 type Swap struct {
 	// Name is what a signed release calls the managed binary (its "binary" field); default: the
-	// base name of Target.
+	// base name of Target (with Self: of the agent's own executable).
 	Name    string   `toml:"name"`
 	Target  string   `toml:"target"`
 	Restart []string `toml:"restart"`
@@ -442,9 +442,6 @@ func (c *Config) EnsureStateDir() error {
 }
 
 func (s *Swap) defaults() {
-	if s.Name == "" && s.Target != "" {
-		s.Name = filepath.Base(s.Target)
-	}
 	if s.Probation.Duration == 0 {
 		s.Probation.Duration = 30 * time.Second
 	}

@@ -284,6 +284,7 @@ progress_min_interval = "1ms"
 keys = [%q]
 [download]
 allow_insecure_http = true   # the emulator's S3 is plain http on loopback
+allowed_hosts = ["127.0.0.1"]  # …and the only host payloads may come from
 [files]
 allowed_roots = [%q]
 `, d.thing, state, d.mqtt, pub, d.appRoot)

@@ -159,6 +159,7 @@ progress_min_interval = "1ms"
 keys = [%q]
 [download]
 allow_insecure_http = true
+allowed_hosts = ["127.0.0.1"]
 [slot]
 %sa = %q
 b = %q

@@ -220,6 +220,7 @@ keys = ["/etc/fieldota/release.pub"]
 
 [download]
 allow_insecure_http = true
+allowed_hosts = ["127.0.0.1"]
 
 [slot]
 bootloader = "uboot"

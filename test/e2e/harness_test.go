@@ -9,6 +9,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	otarun "github.com/fieldota/fieldota/ota/run"
 	"github.com/fieldota/fieldota/test/testdoc"
 	"net"
 	"os"
@@ -28,6 +29,7 @@ import (
 var bin string // directory holding the built binaries
 
 func TestMain(m *testing.M) {
+	otarun.MaybeShim() // in-process agents run autoStart programs through this binary
 	dir, err := os.MkdirTemp("", "fieldota-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -160,6 +162,7 @@ request_timeout = "2s"
 keys = [%q]
 [download]
 allow_insecure_http = true
+allowed_hosts = ["127.0.0.1"]
 stall_timeout = "5s"
 [files]
 allowed_roots = [%q]
