@@ -36,6 +36,8 @@ type harness struct {
 	cfg       *config.Config
 	// onTransition, if set before run, sees each persisted transition (a crash point).
 	onTransition func(*ota.Journal)
+	// cancel stops the running agent without waiting for it (a callback may be blocking it).
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	events []jobsim.Event
@@ -160,6 +162,7 @@ func (h *harness) createJob(id, doc string) {
 func (h *harness) run() func() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
 	log := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	trust, err := verify.LoadTrustStore(h.cfg.Verify.Keys, nil)
 	if err != nil {

@@ -89,7 +89,7 @@ func (a *Agent) installFiles(ctx context.Context, j *ota.Journal) (ota.Event, er
 	}
 	defer closeStaged()
 	for i, f := range jb.rel.Files {
-		if f.Signature != nil {
+		if !jb.rel.Signed && f.Signature != nil {
 			// A codesign-only release: its signature, again, over the bytes about to be placed.
 			if err := a.recheckStaged(jb, i, j.Staged[i].Path); err != nil {
 				return fail(err, nil), nil
