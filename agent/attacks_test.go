@@ -325,3 +325,39 @@ func TestWhereTheBytesComeFromAndWhatTheyBecome(t *testing.T) {
 		h.expect(id, "REJECTED", c.reason)
 	}
 }
+
+// TestAgentStoppedDuringAutoStartNeverStartsASecondCopy (issue 12, item 6): the agent goes away
+// while the program runs (a kill, a restart); the next agent finds it still running, waits for
+// it and reports its outcome. It ran once.
+func TestAgentStoppedDuringAutoStartNeverStartsASecondCopy(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "app")
+	runs := filepath.Join(h.dir, "runs")
+	script := []byte("#!/bin/sh\necho run >> " + runs + "\nsleep 2\necho finished\n")
+	h.publish("install.sh", script)
+	h.createJob("once", h.doc(filesDoc("install.sh", script, "1.0", work)))
+	stop := h.run()
+	h.waitFor("the program to start", func() bool { b, _ := os.ReadFile(runs); return len(b) > 0 })
+	stop()
+	h.run()
+	d := h.expect("once", "SUCCEEDED", "")
+	if b, _ := os.ReadFile(runs); strings.Count(string(b), "run") != 1 || !strings.Contains(d["output"], "finished") {
+		t.Fatalf("runs %q, output %q", b, d["output"])
+	}
+}
+
+// TestAutoStartThatBackgroundsAChildSucceeds (issue 12, item 7): `app &` with exit 0 is success
+// at once, whatever the child does with its stdout.
+func TestAutoStartThatBackgroundsAChildSucceeds(t *testing.T) {
+	h := newHarness(t)
+	work := filepath.Join(h.appRoot, "app")
+	script := []byte("#!/bin/sh\necho launching\nsleep 30 &\nexit 0\n")
+	h.publish("launch.sh", script)
+	h.createJob("daemon", h.doc(filesDoc("launch.sh", script, "1.0", work)))
+	start := time.Now()
+	h.run()
+	d := h.expect("daemon", "SUCCEEDED", "")
+	if el := time.Since(start); el > 5*time.Second || !strings.Contains(d["output"], "launching") {
+		t.Fatalf("took %s, output %q", el, d["output"])
+	}
+}

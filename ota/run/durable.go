@@ -146,18 +146,31 @@ func (d Durable) start(ctx context.Context, st *os.File) (Outcome, error) {
 	if exe == "" {
 		exe = "/proc/self/exe"
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.timeout())
-	defer cancel()
-	cmd := exec.CommandContext(ctx, exe, append([]string{ShimArg}, d.Spec.Argv...)...)
+	// The program outlives an agent that stops (a shutdown is not a verdict on it): only its
+	// timeout ends it, never ctx.
+	tctx, cancel := context.WithTimeout(context.Background(), d.timeout())
+	cmd := exec.CommandContext(tctx, exe, append([]string{ShimArg}, d.Spec.Argv...)...)
 	prepare(cmd, d.Spec)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, out, out
 	cmd.ExtraFiles = []*os.File{st} // fd 3: the status file, with the agent's lock on it
-	err = cmd.Run()
-	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return Outcome{}, fmt.Errorf("%s: %w after %s", Describe(d.Spec.Argv), ErrTimeout, d.timeout())
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return Outcome{}, fmt.Errorf("%s: %w", Describe(d.Spec.Argv), err)
 	}
-	if ctx.Err() != nil {
+	waited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		cancel() // the timeout context lives as long as the program, not as this call
+		waited <- err
+	}()
+	select {
+	case <-ctx.Done():
+		// Leave it running: the next agent inherits it through the status file's lock.
 		return Outcome{}, ctx.Err()
+	case err = <-waited:
+	}
+	if errors.Is(tctx.Err(), context.DeadlineExceeded) {
+		return Outcome{}, fmt.Errorf("%s: %w after %s", Describe(d.Spec.Argv), ErrTimeout, d.timeout())
 	}
 	rec, rerr := readStatus(st)
 	if rerr != nil {
