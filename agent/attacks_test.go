@@ -311,11 +311,19 @@ func TestWhereTheBytesComeFromAndWhatTheyBecome(t *testing.T) {
 		doc    testdoc.Doc
 		reason string
 	}{
-		"metadata-service":    {metadata, "HOST_NOT_ALLOWED"},
-		"lan-admin-page":      {lan, "HOST_NOT_ALLOWED"},
-		"world-writable-mode": {func() testdoc.Doc { d := filesDoc("run.sh", script, "1.0", work); d.FilePlain = map[string]any{"mode": "0777"}; return d }(), "INVALID_DOCUMENT"},
-		"bidi-name":           {filesDoc("run\u202ehs.txt", script, "1.0", work), "INVALID_DOCUMENT"},
-		"reserved-name":       {func() testdoc.Doc { d := testdoc.For(".fieldota-prev-run.sh", script, "1.0"); d.WorkDir = work; return d }(), "INVALID_DOCUMENT"},
+		"metadata-service": {metadata, "HOST_NOT_ALLOWED"},
+		"lan-admin-page":   {lan, "HOST_NOT_ALLOWED"},
+		"world-writable-mode": {func() testdoc.Doc {
+			d := filesDoc("run.sh", script, "1.0", work)
+			d.FilePlain = map[string]any{"mode": "0777"}
+			return d
+		}(), "INVALID_DOCUMENT"},
+		"bidi-name": {filesDoc("run\u202ehs.txt", script, "1.0", work), "INVALID_DOCUMENT"},
+		"reserved-name": {func() testdoc.Doc {
+			d := testdoc.For(".fieldota-prev-run.sh", script, "1.0")
+			d.WorkDir = work
+			return d
+		}(), "INVALID_DOCUMENT"},
 	}
 	for id, c := range cases {
 		h.createJob(id, h.doc(c.doc))

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/fieldota/fieldota/ota/run"
+
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
 	"github.com/fieldota/fieldota/ota"
@@ -240,11 +242,8 @@ func (s *slotFlow) reboot(ctx context.Context, j *ota.Journal) (ota.Event, error
 // the state runs again at the next start.
 func (s *slotFlow) requestReboot(ctx context.Context, j *ota.Journal) error {
 	s.a.log.Info("rebooting", "job", j.JobID, "argv", s.cfg.Reboot)
-	rctx, cancel := context.WithTimeout(ctx, time.Minute)
-	out, err := exec.CommandContext(rctx, s.cfg.Reboot[0], s.cfg.Reboot[1:]...).CombinedOutput()
-	cancel()
-	if err != nil && ctx.Err() == nil {
-		s.a.log.Error("reboot command failed", "argv", s.cfg.Reboot, "err", err, "output", string(out))
+	if _, err := run.Run(ctx, run.Spec{Argv: s.cfg.Reboot, Timeout: time.Minute}); err != nil && ctx.Err() == nil {
+		s.a.log.Error("reboot command failed", "argv", s.cfg.Reboot, "err", err)
 	}
 	t := time.NewTimer(s.cfg.RebootTimeout.Duration)
 	defer t.Stop()

@@ -65,10 +65,11 @@ chmod 0755 "$out/artifacts/myapp"
 
 # --- detached signatures and attestations (cosign sign-blob / attest-blob formats) ---
 "$fo" sign --key "$out/keys/test-signing.key" --version 1.0 --compatible board-rev-c \
+	--working-directory /home/ec2-user/JobSampleTesting --package-name install.py --auto-start \
 	--predicate-out "$out/artifacts/install.py.pred.json" "$out/artifacts/install.py" 2>/dev/null
-"$fo" sign --key "$out/keys/test-signing.key" --version 1.0.0 --compatible board-rev-c \
+"$fo" sign --key "$out/keys/test-signing.key" --version 1.0.0 --compatible board-rev-c --target slot \
 	"$out/artifacts/rootfs.img" 2>/dev/null
-"$fo" sign --key "$out/keys/test-signing-ed25519.key" --version 1.0.0 "$out/artifacts/myapp" 2>/dev/null
+"$fo" sign --key "$out/keys/test-signing-ed25519.key" --version 1.0.0 --target binary --binary myapp "$out/artifacts/myapp" 2>/dev/null
 
 # --- job documents (placeholders unexpanded, as given to aws iot create-job) ---
 s3=https://s3.eu-west-1.amazonaws.com/fieldota-fixtures
@@ -77,11 +78,11 @@ s3=https://s3.eu-west-1.amazonaws.com/fieldota-fixtures
 	--working-directory /home/ec2-user/JobSampleTesting --out "$out/jobs/install-py.json"
 "$fo" job --key "$out/keys/test-signing.key" --file "$out/artifacts/install.py" --presign "$s3/install.py" \
 	--version 1.0 --package-name install.py --working-directory /home/ec2-user/JobSampleTesting \
-	--signature-format freertos --no-attestation --out "$out/jobs/install-py-freertos.json"
+	--signature-format freertos --out "$out/jobs/install-py-freertos.json"
 "$fo" job --key "$out/keys/test-signing.key" --file "$out/artifacts/rootfs.img" --presign "$s3/rootfs.img" \
 	--target slot --version 1.0.0 --compatible board-rev-c --out "$out/jobs/rootfs-slot.json"
 "$fo" job --key "$out/keys/test-signing-ed25519.key" --file "$out/artifacts/myapp" --presign "$s3/myapp" \
-	--target binary --version 1.0.0 --out "$out/jobs/myapp-binary.json"
+	--target binary --binary myapp --version 1.0.0 --out "$out/jobs/myapp-binary.json"
 "$fo" job --key "$out/keys/test-untrusted.key" --file "$out/artifacts/install.py" --presign "$s3/install.py" \
 	--version 1.0 --package-name install.py --working-directory /home/ec2-user/JobSampleTesting \
 	--out "$out/jobs/install-py-untrusted.json"

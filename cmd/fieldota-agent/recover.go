@@ -1,13 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"os/exec"
 	"time"
+
+	otarun "github.com/fieldota/fieldota/ota/run"
 
 	"github.com/spf13/cobra"
 
@@ -40,13 +40,8 @@ func newRecoverCmd(cfgPath *string) *cobra.Command {
 				return err
 			}
 			// The hung new agent is still running: restart the unit so the old one takes over.
-			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-			defer cancel()
-			out, err := exec.CommandContext(ctx, "systemctl", "restart", "--no-block", unit).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("systemctl restart %s: %w (%s)", unit, err, out)
-			}
-			return nil
+			_, err = otarun.Run(cmd.Context(), otarun.Spec{Argv: []string{"systemctl", "restart", "--no-block", unit}, Timeout: time.Minute})
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&overdue, "overdue", false, "give up on a new agent whose probation is overdue (it hangs); do not count a start")

@@ -5,11 +5,8 @@ package main
 
 import (
 	"crypto"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/fieldota/fieldota/ota/names"
@@ -122,21 +119,13 @@ func attest(key crypto.Signer, files []releaseFile, p verify.Predicate) ([]byte,
 	if err != nil {
 		return nil, nil, err
 	}
-	rel, err := ts.Release(verify.Claims{Statement: env}, verify.Policy{RequireStatement: true})
+	c := verify.Claims{Statement: env}
+	for _, f := range files {
+		c.Files = append(c.Files, verify.FileClaim{Name: f.name, Size: -1})
+	}
+	rel, err := ts.Release(c, verify.Policy{RequireStatement: true})
 	if err != nil {
 		return nil, nil, fmt.Errorf("the release is not one a device would accept: %w", err)
 	}
 	return env, rel, nil
-}
-
-// parseMode reads --mode for the plain copies of a document.
-func parseMode(s string) (os.FileMode, error) {
-	if s == "" {
-		return 0, nil
-	}
-	m, err := strconv.ParseUint(s, 8, 32)
-	if err != nil {
-		return 0, errors.New("--mode: want octal permission bits")
-	}
-	return os.FileMode(m), nil
 }

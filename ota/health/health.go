@@ -6,14 +6,13 @@
 package health
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"os/exec"
-	"strings"
 	"time"
+
+	"github.com/fieldota/fieldota/ota/run"
 
 	"github.com/fieldota/fieldota/ota/reason"
 )
@@ -105,20 +104,8 @@ func runCommand(ctx context.Context, per time.Duration, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("empty health command")
 	}
-	ctx, cancel := context.WithTimeout(ctx, per)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(out.String())
-		if len(msg) > 200 {
-			msg = msg[len(msg)-200:]
-		}
-		return fmt.Errorf("%s: %w (%s)", strings.Join(argv, " "), err, msg)
-	}
-	return nil
+	_, err := run.Run(ctx, run.Spec{Argv: argv, Timeout: per})
+	return err
 }
 
 func get(ctx context.Context, per time.Duration, url string) error {

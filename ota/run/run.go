@@ -1,5 +1,5 @@
 // Package run is the one way the agent runs another program: an argv list (never a shell), a
-// timeout, a minimal environment, its own process group (a timeout or a cancel kills the
+// timeout, a chosen environment, its own process group (a timeout or a cancel kills the
 // program's children too), optionally another user's credentials, and its output captured in
 // files rather than pipes — so that exit status 0 is success even when the program leaves a
 // child running that keeps its stdout open (`app &`), and such a child never gets EPIPE when
@@ -25,7 +25,7 @@ import (
 // DefaultTimeout bounds a program when the caller gives no timeout.
 const DefaultTimeout = 5 * time.Minute
 
-// MinimalEnv is all a program gets unless the caller says otherwise: no agent secrets, no proxy
+// MinimalEnv is what a program from a release gets (autoStart): no agent secrets, no proxy
 // settings with credentials.
 var MinimalEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/"}
 
@@ -33,7 +33,7 @@ var MinimalEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 type Spec struct {
 	Argv    []string
 	Dir     string
-	Env     []string // nil = MinimalEnv
+	Env     []string // nil = the agent's own (the device's configured tools); releases get MinimalEnv
 	Stdin   io.Reader
 	Timeout time.Duration // 0 = DefaultTimeout
 	// Cred runs the program as another user (uid, gid, supplementary groups); nil = as the agent.
@@ -132,9 +132,6 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 func prepare(cmd *exec.Cmd, s Spec) {
 	cmd.Dir = s.Dir
 	cmd.Env = s.Env
-	if cmd.Env == nil {
-		cmd.Env = MinimalEnv
-	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.Cred}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// No pipes are used, so nothing can hold Wait up; the delay only bounds the stdin copy.

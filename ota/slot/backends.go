@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"time"
+
+	otarun "github.com/fieldota/fieldota/ota/run"
 
 	"github.com/fieldota/fieldota/ota/durable"
 )
@@ -185,20 +186,11 @@ func (c Command) Set(ctx context.Context, vars Env) error {
 }
 
 func run(ctx context.Context, stdin io.Reader, name string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, toolTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errb
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(errb.String())
-		if len(msg) > 300 {
-			msg = msg[:300]
-		}
-		return nil, fmt.Errorf("%s %s: %w (%s)", name, strings.Join(args, " "), err, msg)
+	res, err := otarun.Run(ctx, otarun.Spec{Argv: append([]string{name}, args...), Stdin: stdin, Timeout: toolTimeout})
+	if err != nil {
+		return nil, err
 	}
-	return out.Bytes(), nil
+	return res.Stdout, nil
 }
 
 func parseLines(b []byte) Env {

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fieldota/fieldota/ota/run"
 )
 
 // Restart runs the configured restart argv (e.g. systemctl restart myapp) directly, never through
@@ -18,21 +19,9 @@ func Restart(ctx context.Context, argv []string, timeout time.Duration) error {
 	if len(argv) == 0 {
 		return errors.New("no restart command configured")
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// A restart helper that leaves a daemon holding our pipe must not hang us.
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Run(); err != nil && !errors.Is(err, exec.ErrWaitDelay) {
-		msg := strings.TrimSpace(out.String())
-		if len(msg) > 200 {
-			msg = msg[len(msg)-200:]
-		}
-		return fmt.Errorf("%s: %w (%s)", strings.Join(argv, " "), err, msg)
-	}
-	return nil
+	// Output goes to a file, not a pipe: a helper that leaves a daemon behind cannot hold us.
+	_, err := run.Run(ctx, run.Spec{Argv: argv, Timeout: timeout})
+	return err
 }
 
 // ErrNotRunning means the watched process is gone, a zombie, or runs another binary.
@@ -78,9 +67,9 @@ func PID(ctx context.Context, pidFile string, pidCommand []string) (int, error) 
 			return 0, nil
 		}
 	case len(pidCommand) > 0:
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		b, err = exec.CommandContext(ctx, pidCommand[0], pidCommand[1:]...).Output()
+		var res run.Result
+		res, err = run.Run(ctx, run.Spec{Argv: pidCommand, Timeout: 30 * time.Second})
+		b = res.Stdout
 	default:
 		return 0, errors.New("no pid source configured")
 	}

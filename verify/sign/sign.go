@@ -238,11 +238,22 @@ func ReleaseStatementJSON(subjects []verify.Subject, predicateFile []byte) ([]by
 
 // Attest builds the DSSE envelope (JSON, as cosign prints it, without the trailing newline)
 // over the Statement for one file. ECDSA and RSA sign SHA-256(PAE), Ed25519 signs PAE itself.
+// Its keyid is empty, as cosign leaves it.
 func Attest(key crypto.Signer, name string, digest []byte, p verify.Predicate) ([]byte, error) {
-	return AttestRelease(key, []verify.Subject{Subject(name, digest)}, p)
+	predFile, err := PredicateJSON(p)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := ReleaseStatementJSON([]verify.Subject{Subject(name, digest)}, predFile)
+	if err != nil {
+		return nil, err
+	}
+	return Envelope(key, payload)
 }
 
-// AttestRelease signs the release statement of every file of a release.
+// AttestRelease signs the release statement of every file of a release, naming the key in the
+// signature's keyid (its fieldota key id), so a device tells a statement by a key it does not
+// trust (UNTRUSTED_KEY) from a forged one (SIGNATURE_INVALID).
 func AttestRelease(key crypto.Signer, subjects []verify.Subject, p verify.Predicate) ([]byte, error) {
 	predFile, err := PredicateJSON(p)
 	if err != nil {
@@ -252,7 +263,22 @@ func AttestRelease(key crypto.Signer, subjects []verify.Subject, p verify.Predic
 	if err != nil {
 		return nil, err
 	}
-	return Envelope(key, payload)
+	env, err := Envelope(key, payload)
+	if err != nil {
+		return nil, err
+	}
+	id, err := verify.KeyID(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	var e verify.Envelope
+	if err := json.Unmarshal(env, &e); err != nil {
+		return nil, err
+	}
+	for i := range e.Signatures {
+		e.Signatures[i].KeyID = id // not covered by the signature (DSSE): a hint, checked on use
+	}
+	return json.Marshal(e)
 }
 
 // Envelope signs any in-toto payload into a DSSE envelope with sigstore's DSSE wrapper,
