@@ -87,7 +87,7 @@ func TestJobSignVerifyExitCodes(t *testing.T) {
 	cliMustRun(t, "job", "--key", key+".key", "--file", file, "--presign", "https://s3.eu-west-1.amazonaws.com/b/install.py",
 		"--version", "1.2.0", "--compatible", "board-rev-c", "--working-directory", "/opt/app/x",
 		"--package-name", "install.py", "--auto-start", "-o", doc)
-	cliMustRun(t, "sign", "--key", key+".key", "--version", "1.2.0", file)
+	cliMustRun(t, "sign", "--key", key+".key", "--version", "1.2.0", "--working-directory", "/opt/app/x", file)
 
 	ok := [][]string{
 		{"verify", "--key", key + ".pub", "--job", doc, "--device-compatible", "board-rev-c", "--installed-version", "1.1.0", file},
@@ -237,7 +237,7 @@ func TestCertificateChainThroughCLI(t *testing.T) {
 	_ = os.WriteFile(file, bytes.Repeat([]byte{0xa5}, 4096), 0o644)
 	doc := filepath.Join(dir, "job.json")
 	jobArgs := []string{"job", "--key", keyPrefix + ".key", "--file", file, "--url", "https://example.com/rootfs.img",
-		"--target", "slot", "--version", "3.0.0", "--no-attestation", "-o", doc}
+		"--target", "slot", "--version", "3.0.0", "-o", doc}
 	if _, code, _ := cliRun(t, append(jobArgs, "--certificate-chain", wrongChain)...); code != 2 {
 		t.Fatalf("a chain for another key was accepted when signing (exit %d)", code)
 	}

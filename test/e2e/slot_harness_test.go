@@ -94,7 +94,7 @@ func newABBoard(t *testing.T, e *env, o abOpts) *abBoard {
 	if err := os.MkdirAll(e.stateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(e.stateDir, "installed.json"), []byte(`{"slot": "1.0.0"}`), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(e.stateDir, "installed.json"), []byte(`{"slot": {"version": "1.0.0", "signed": true}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
@@ -264,11 +264,17 @@ func (d *device) installedSlot(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m map[string]string
+	var m map[string]struct {
+		Version string `json:"version"`
+		Signed  bool   `json:"signed"`
+	}
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	return m["slot"]
+	if e, ok := m["slot"]; ok && !e.Signed {
+		t.Fatalf("slot version %s recorded as unsigned", e.Version)
+	}
+	return m["slot"].Version
 }
 
 var (
