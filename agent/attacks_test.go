@@ -291,7 +291,7 @@ func TestSlowRetrievalFailsWithItsOwnReason(t *testing.T) {
 	h.cfg.Download.MinSpeedWindow.Duration = 300 * time.Millisecond
 	h.cfg.Download.MaxSlowWindows = 2
 	work := filepath.Join(h.appRoot, "app")
-	content := h.throttled("slow.sh", 1<<20, 1000) // 1000 B/s: never a stall, always too slow
+	content := h.throttled("slow.sh", 1<<20, 20000) // 20 kB/s: never a stall, always too slow
 	h.createJob("trickle", h.doc(filesDoc("slow.sh", content, "1.0", work)))
 	h.run()
 	h.expect("trickle", "FAILED", "DOWNLOAD_TOO_SLOW")
@@ -368,4 +368,24 @@ func TestAutoStartThatBackgroundsAChildSucceeds(t *testing.T) {
 	if el := time.Since(start); el > 5*time.Second || !strings.Contains(d["output"], "launching") {
 		t.Fatalf("took %s, output %q", el, d["output"])
 	}
+}
+
+// TestBinaryInAUserWritableDirectoryIsRefusedWhileQueued is attack 6 at the device: the managed
+// binary's directory is a user's, so the job is refused before anything is downloaded; and a
+// release for another managed binary than the one configured is refused too.
+func TestBinaryInAUserWritableDirectoryIsRefusedWhileQueued(t *testing.T) {
+	h := newHarness(t)
+	m := newManagedApp(t, h)
+	v2 := realBinary(t, "true")
+	h.publish("myapp", v2)
+	other := testdoc.For("myapp", v2, "2.0")
+	other.Target, other.Binary = "binary", "sshd"
+	h.createJob("other-binary", h.doc(other))
+	if err := os.Chown(m.dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	h.createJob("users-dir", h.binaryDoc("myapp", v2, "2.0"))
+	h.run()
+	h.expect("other-binary", "REJECTED", "UNSUPPORTED_OPERATION")
+	h.expect("users-dir", "REJECTED", "UNSAFE_PATH")
 }

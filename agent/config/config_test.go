@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,12 @@ func TestConfigRefusals(t *testing.T) {
 		{"root as allowed root", base + "[files]\nallowed_roots = [\"/\"]\n", "allowed_roots"},
 		{"bad duration", base + "[health]\ntimeout = \"soon\"\n", "soon"},
 		{"step timeout too long", base + "[jobs]\nstep_timeout_minutes = 20000\n", "step_timeout"},
+		{"rate limit below the minimum speed", base + "[download]\nrate_limit_bytes_per_sec = 500\n", "below download.min_speed"},
+		{"host with a scheme", base + "[download]\nallowed_hosts = [\"https://s3.amazonaws.com\"]\n", "allowed_hosts"},
+		{"host with a port", base + "[download]\nallowed_hosts = [\"127.0.0.1:9000\"]\n", "allowed_hosts"},
+		{"host wildcard in the middle", base + "[download]\nallowed_hosts = [\"s3.*.amazonaws.com\"]\n", "allowed_hosts"},
+		{"run_as without roots", base + "[files]\nrun_as = \"ec2-user\"\n", "run_as"},
+		{"swap.name a path", base + "[swap]\nname = \"../sudo\"\n", "swap.name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,5 +56,47 @@ func TestConfigRefusals(t *testing.T) {
 	}
 	if _, err := Load(write(t, base)); err != nil {
 		t.Fatalf("base config refused: %v", err)
+	}
+}
+
+// TestAllowedRootsOverlappingTheAgentsOwnFilesAreRefused is attack 9: a files job must never be
+// able to overwrite installed.json, the journal, a trusted key, the config or the agent itself.
+func TestAllowedRootsOverlappingTheAgentsOwnFilesAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "etc", "fieldota")
+	if err := os.MkdirAll(keys, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := "thing_name = \"dev1\"\nstate_dir = %q\n[mqtt]\nendpoint = \"tcp://127.0.0.1:1883\"\n[verify]\nkeys = [%q]\n[files]\nallowed_roots = [%q]\n"
+	state := filepath.Join(dir, "var", "lib", "fieldota")
+	cases := []struct{ name, root, want string }{
+		{"the state directory itself", state, "state_dir"},
+		{"a parent of the state directory", filepath.Join(dir, "var"), "state_dir"},
+		{"inside the state directory", filepath.Join(state, "staging"), "state_dir"},
+		{"the trust keys' directory", keys, "verify.keys[0]"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			body := fmt.Sprintf(base, state, filepath.Join(keys, "release.pub"), c.root)
+			_, err := Load(write(t, body))
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.root) {
+				t.Fatalf("got %v, want a refusal naming %s and %s", err, c.root, c.want)
+			}
+		})
+	}
+	// The configuration file itself, and the agent's binary.
+	cfgDir := t.TempDir()
+	cfgPath := filepath.Join(cfgDir, "agent.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(base, state, filepath.Join(keys, "k.pub"), cfgDir)), 0o600)
+	if _, err := Load(cfgPath); err == nil || !strings.Contains(err.Error(), "configuration file") {
+		t.Fatalf("config inside an allowed root: %v", err)
+	}
+	c := &Config{StateDir: state, Files: Files{AllowedRoots: []string{"/usr/bin"}}}
+	if err := c.CheckOverlaps("", "/usr/bin/fieldota-agent"); err == nil || !strings.Contains(err.Error(), "agent's binary") {
+		t.Fatalf("agent binary inside an allowed root: %v", err)
+	}
+	// A root beside them is fine.
+	if err := (&Config{StateDir: state, Files: Files{AllowedRoots: []string{filepath.Join(dir, "opt", "app")}}}).CheckOverlaps(cfgPath, "/usr/bin/fieldota-agent"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -68,6 +68,9 @@ type Update struct {
 // step is called after each durable step; the faultinject build kills the process there.
 var step = func(string) {}
 
+// removeStale removes a stale staged file or backup (a test plants a link right after it).
+var removeStale = os.Remove
+
 // Install swaps u.Staged in at u.Target, keeping the old binary at BackupPath. It returns nil
 // once the new binary is durably at the target and the old one durably at the backup.
 func Install(u Update) error {
@@ -97,7 +100,7 @@ func Install(u Update) error {
 	// The target still holds the old binary: start over from it. A backup left here is either
 	// stale (an earlier job kept it) or a link to the current target; both are replaced.
 	for _, p := range []string{newPath, backup} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := removeStale(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return reason.Wrap(reason.InstallFailed, err)
 		}
 	}

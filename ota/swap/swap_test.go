@@ -287,3 +287,49 @@ func TestBinaryLargerThanTheFreeSpaceIsRefusedBeforeStaging(t *testing.T) {
 		t.Fatalf("staging file left: %v", err)
 	}
 }
+
+// TestPlantedSymlinkInAUserWritableDirectoryNeverMakesRootOverwriteItsTarget is attack 6: a user
+// who can write the managed binary's directory plants .<name>.new -> /any/file, which
+// selfupdate's O_TRUNC open would follow. Such a directory is refused before anything is opened.
+func TestPlantedSymlinkInAUserWritableDirectoryNeverMakesRootOverwriteItsTarget(t *testing.T) {
+	f := newFixture(t, 0o755)
+	victim := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(victim, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(f.dir, 65534, 65534); err != nil { // the user's directory (needs root)
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, NewPath(f.target)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Install(f.update(true)); !errors.Is(err, reason.UnsafePath) {
+		t.Fatalf("got %v, want UNSAFE_PATH", err)
+	}
+	if string(read(t, victim)) != "precious" || !bytes.Equal(read(t, f.target), f.old) {
+		t.Fatal("a file changed")
+	}
+}
+
+// TestStagedBinaryIsCreatedExclusively: even in root's own directory, the staged file is
+// created with O_EXCL|O_NOFOLLOW, so a link that appeared there is never followed.
+func TestStagedBinaryIsCreatedExclusively(t *testing.T) {
+	f := newFixture(t, 0o755)
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, []byte("precious"), 0o600)
+	// Plant the link right before staging, after Install removed stale files.
+	planted := false
+	removeStale = func(p string) error {
+		err := os.Remove(p)
+		if p == NewPath(f.target) && !planted {
+			planted = true
+			_ = os.Symlink(victim, p)
+		}
+		return err
+	}
+	defer func() { removeStale = os.Remove }()
+	err := Install(f.update(true))
+	if !planted || !errors.Is(err, reason.InstallFailed) || string(read(t, victim)) != "precious" {
+		t.Fatalf("planted %v, err %v, victim %q", planted, err, read(t, victim))
+	}
+}
