@@ -156,4 +156,3 @@ func (ts *TrustStore) verifySignature(s *Signature, digest []byte, now time.Time
 	}
 	return candidate{}, "", reason.Errorf(reason.SignatureInvalid, "signature verifies under none of the %d candidate trusted keys", tried)
 }
-
