@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/fieldota/fieldota/ota/names"
@@ -242,15 +241,4 @@ func (r *Release) checkTarget() error {
 		}
 	}
 	return nil
-}
-
-// names reports whether the statement has a subject with this SHA-256.
-func (st *Statement) names(digest []byte) bool {
-	want := hex.EncodeToString(digest)
-	for _, s := range st.Subject {
-		if strings.EqualFold(s.Digest["sha256"], want) {
-			return true
-		}
-	}
-	return false
 }
