@@ -44,37 +44,48 @@ func (a *Agent) trustPolicy() verify.Policy {
 // against the signed record of the resolved target, compatibility). A refusal here is REJECTED
 // while the execution is QUEUED; after the download only the payload's digest is left to check.
 func (a *Agent) admit(raw []byte) (*job, error) {
-	doc, err := parseDoc(raw)
+	jb, pol, err := a.verified(raw, a.flowFor)
 	if err != nil {
 		return nil, err
 	}
-	pol := a.trustPolicy()
-	rel, err := a.verifier().Release(doc.Claims(), pol)
-	if err != nil {
-		return nil, err
-	}
-	fl, err := a.flowFor(string(rel.Target))
-	if err != nil {
-		return nil, err
-	}
-	for i, f := range doc.Files {
+	for i, f := range jb.doc.Files {
 		if err := a.urlPolicy().Check(f.URL); err != nil {
 			return nil, fmt.Errorf("files[%d].url: %w", i, err)
 		}
-	}
-	key, err := fl.key(rel)
-	if err != nil {
-		return nil, err
 	}
 	inst, err := loadInstalled(a.cfg.StateDir)
 	if err != nil {
 		return nil, reason.Wrap(reason.Internal, err)
 	}
-	pol.Installed = inst[key].policy()
-	if err := verify.CheckPolicy(rel, pol); err != nil {
+	pol.Installed = inst[jb.key].policy()
+	if err := verify.CheckPolicy(jb.rel, pol); err != nil {
 		return nil, err
 	}
-	return &job{doc: doc, rel: rel, key: key}, nil
+	return jb, nil
+}
+
+// verified parses a document, verifies its release and resolves where it installs, with the
+// flow lookup of the caller (flowFor checks the device is set up for the target; flowOf, for a
+// job under way, does not).
+func (a *Agent) verified(raw []byte, flowOf func(string) (flow, error)) (*job, verify.Policy, error) {
+	pol := a.trustPolicy()
+	doc, err := parseDoc(raw)
+	if err != nil {
+		return nil, pol, err
+	}
+	rel, err := a.verifier().Release(doc.Claims(), pol)
+	if err != nil {
+		return nil, pol, err
+	}
+	fl, err := flowOf(string(rel.Target))
+	if err != nil {
+		return nil, pol, err
+	}
+	key, err := fl.key(rel)
+	if err != nil {
+		return nil, pol, err
+	}
+	return &job{doc: doc, rel: rel, key: key}, pol, nil
 }
 
 // jobOf re-derives the release of a journaled job at its point of use. The journal is input an
@@ -82,23 +93,11 @@ func (a *Agent) admit(raw []byte) (*job, error) {
 // expiry: a release accepted in time may finish), and a journal whose own copies disagree with
 // that document is an INTERNAL failure — nothing is installed from it.
 func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
-	doc, err := parseDoc(j.Document)
+	jb, _, err := a.verified(j.Document, a.flowOf)
 	if err != nil {
 		return nil, err
 	}
-	pol := a.trustPolicy()
-	rel, err := a.verifier().Release(doc.Claims(), pol)
-	if err != nil {
-		return nil, err
-	}
-	fl, err := a.flowOf(string(rel.Target))
-	if err != nil {
-		return nil, err
-	}
-	key, err := fl.key(rel)
-	if err != nil {
-		return nil, err
-	}
+	rel, key := jb.rel, jb.key
 	mismatch := func(what string, journal, signed any) error {
 		return reason.Errorf(reason.Internal, "the journal does not match its document: %s %v, the signed release says %v", what, journal, signed)
 	}
@@ -117,7 +116,7 @@ func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
 			return nil, mismatch(fmt.Sprintf("files[%d]", i), fmt.Sprintf("%s (%d bytes)", st.Name, st.Size), fmt.Sprintf("%s (%d bytes)", f.Name, f.Size))
 		}
 	}
-	return &job{doc: doc, rel: rel, key: key}, nil
+	return jb, nil
 }
 
 // startJob admits a new execution before anything else happens. A document that can never

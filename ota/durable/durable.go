@@ -33,41 +33,20 @@ func WriteFile(path string, data []byte, perm fs.FileMode) error {
 // Write atomically replaces path with what fill writes. fill must not keep w.
 // It refuses to replace anything that is not a regular file (a symlink, a device, a directory):
 // a state file turned into a symlink is an attack or a mistake, never something to follow.
-func Write(path string, perm fs.FileMode, fill func(w io.Writer) error) (err error) {
-	if err := refuseIrregular(path); err != nil {
-		return err
-	}
+func Write(path string, perm fs.FileMode, fill func(w io.Writer) error) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, TempPrefix+base+"-")
+	r, err := os.OpenRoot(dir)
 	if err != nil {
 		return fmt.Errorf("durable write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close() // already failing; the first error is the one worth reporting
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("durable write %s: chmod: %w", path, err)
+	defer r.Close()
+	if err := WriteAt(r, base, perm, fill); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
 	}
-	if err = fill(f); err != nil {
-		return fmt.Errorf("durable write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("durable write %s: fsync: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("durable write %s: close: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("durable write %s: rename: %w", path, err)
-	}
-	return SyncDir(dir)
+	return nil
 }
 
 // Rename moves oldPath to newPath (same filesystem) and makes the move durable by syncing both
@@ -138,7 +117,7 @@ func refuseIrregular(path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("durable write %s: %w", path, err)
+		return fmt.Errorf("durable rename %s: %w", path, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())

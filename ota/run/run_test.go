@@ -132,14 +132,7 @@ func TestAgentKilledWhileAutoStartRunsNeverStartsASecondCopy(t *testing.T) {
 	dir := t.TempDir()
 	argv, count := counting(t, dir, "2")
 	status, output := filepath.Join(dir, "st"), filepath.Join(dir, "out")
-	agent := exec.Command(os.Args[0])
-	agent.Env = append(os.Environ(), "RUN_TEST_AGENT=1", "RUN_TEST_ARGV="+strings.Join(argv, " "), "RUN_TEST_STATUS="+status, "RUN_TEST_OUTPUT="+output)
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return count() == 1 })
-	_ = agent.Process.Kill()
-	_ = agent.Wait()
+	agentKilledWhileItRuns(t, argv, status, output, count)
 
 	d := Durable{Spec: Spec{Argv: argv}, Status: status, Output: output, Poll: 50 * time.Millisecond}
 	o, err := d.Run(context.Background())
@@ -201,14 +194,7 @@ func TestInheritedRunPastItsTimeoutIsKilled(t *testing.T) {
 	dir := t.TempDir()
 	argv, count := counting(t, dir, "30")
 	status, output := filepath.Join(dir, "st"), filepath.Join(dir, "out")
-	agent := exec.Command(os.Args[0])
-	agent.Env = append(os.Environ(), "RUN_TEST_AGENT=1", "RUN_TEST_ARGV="+strings.Join(argv, " "), "RUN_TEST_STATUS="+status, "RUN_TEST_OUTPUT="+output)
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return count() == 1 })
-	_ = agent.Process.Kill()
-	_ = agent.Wait()
+	agentKilledWhileItRuns(t, argv, status, output, count)
 	d := Durable{Spec: Spec{Argv: argv, Timeout: time.Second}, Status: status, Output: output, Poll: 50 * time.Millisecond}
 	start := time.Now()
 	_, err := d.Run(context.Background())
@@ -227,6 +213,20 @@ func TestDurableRunsAsAnotherUser(t *testing.T) {
 	if err != nil || !o.OK() || strings.TrimSpace(o.Tail) != "65534" {
 		t.Fatalf("%+v %v", o, err)
 	}
+}
+
+// agentKilledWhileItRuns starts an agent (this test binary, see TestMain) that runs argv
+// durably, and SIGKILLs it once the program has started.
+func agentKilledWhileItRuns(t *testing.T, argv []string, status, output string, count func() int) {
+	t.Helper()
+	agent := exec.Command(os.Args[0])
+	agent.Env = append(os.Environ(), "RUN_TEST_AGENT=1", "RUN_TEST_ARGV="+strings.Join(argv, " "), "RUN_TEST_STATUS="+status, "RUN_TEST_OUTPUT="+output)
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return count() == 1 })
+	_ = agent.Process.Kill()
+	_ = agent.Wait()
 }
 
 func waitFor(t *testing.T, cond func() bool) {
