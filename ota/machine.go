@@ -91,6 +91,10 @@ func (m *Machine) ResumeJournal(ctx context.Context, j *Journal) error {
 // returns an error (then the journal stays where it is, to be resumed).
 func (m *Machine) Run(ctx context.Context, j *Journal) error {
 	for j.State != StateDone {
+		if err := ctx.Err(); err != nil {
+			// Shutting down: a state is never begun after that (it runs on the next start).
+			return fmt.Errorf("state %s: %w", j.State, err)
+		}
 		h, ok := m.Handlers[j.State]
 		if !ok {
 			return fmt.Errorf("no handler for state %q", j.State)
