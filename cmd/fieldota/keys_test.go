@@ -249,3 +249,29 @@ func TestCertificateChainThroughCLI(t *testing.T) {
 		t.Fatalf("foreign CA: exit %d, %v", code, err)
 	}
 }
+
+// TestVerifySaysWhatWasChecked (issue 12, item 15): a release signed only by its statement is
+// not reported "unsigned (allowed)"; the output names the statement's key, what the release
+// does, and that no detached signature was there.
+func TestVerifySaysWhatWasChecked(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	cliMustRun(t, "keygen", "--out", key)
+	file := filepath.Join(dir, "install.py")
+	if err := os.WriteFile(file, []byte("print('fieldota')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	doc := filepath.Join(dir, "job.json")
+	cliMustRun(t, "job", "--key", key+".key", "--file", file, "--presign", "https://s3.eu-west-1.amazonaws.com/b/install.py",
+		"--version", "1.2.0", "--working-directory", "/opt/app/x", "--package-name", "install.py", "--auto-start",
+		"--signature-format", "none", "-o", doc)
+	out := cliMustRun(t, "verify", "--key", key+".pub", "--job", doc, file)
+	for _, want := range []string{"statement signed by key", "into /opt/app/x, then runs install.py", "as signed in the release statement", "no detached signature"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "unsigned") {
+		t.Errorf("a signed release reported as unsigned:\n%s", out)
+	}
+}
