@@ -147,4 +147,6 @@ func (tp *TPM) Log() string {
 	return strings.TrimSpace(string(b))
 }
 
-func (tp *TPM) String() string { return fmt.Sprintf("swtpm(state %s, socket %s)", tp.StateDir, tp.Socket) }
+func (tp *TPM) String() string {
+	return fmt.Sprintf("swtpm(state %s, socket %s)", tp.StateDir, tp.Socket)
+}
