@@ -67,14 +67,24 @@ func openTPM(r Ref) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
+	k, err := tpmKey(t, r)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	return k, nil
+}
+
+// tpmKey wraps the key at r on the open TPM t; closing the Key closes t.
+func tpmKey(t transport.TPMCloser, r Ref) (*Key, error) {
 	var s crypto.Signer
+	var err error
 	if r.Kind == KindTPMHandle {
 		s, err = handleSigner(t, r.Handle)
 	} else {
 		s, err = keyFileSigner(t, r.Path)
 	}
 	if err != nil {
-		t.Close()
 		return nil, err
 	}
 	return &Key{Signer: s, Ref: r, close: t.Close}, nil
@@ -172,17 +182,12 @@ func createTPM(r Ref) (*Key, bool, error) {
 		t.Close()
 		return nil, false, err
 	}
-	var s crypto.Signer
-	if r.Kind == KindTPMHandle {
-		s, err = handleSigner(t, r.Handle)
-	} else {
-		s, err = keyFileSigner(t, r.Path)
-	}
+	k, err := tpmKey(t, r)
 	if err != nil {
 		t.Close()
 		return nil, false, err
 	}
-	return &Key{Signer: s, Ref: r, close: t.Close}, created, nil
+	return k, created, nil
 }
 
 // ensureTPMKey creates an ECDSA P-256 key under the owner hierarchy's storage key (the TCG
