@@ -10,12 +10,17 @@ PKGS      := ./...
 FUZZTIME  ?= 50000x
 FUZZ      ?= ./ota/jobdoc:FuzzParseDocument ./verify:FuzzParseSignature ./verify:FuzzParseEnvelope ./verify:FuzzParseVersion ./test/jobsim:FuzzDeviceRequest ./agent/jobs:FuzzInbound
 
-.PHONY: all build test unit fuzz lint demo bench deps clean test-device
+.PHONY: all build build-pkcs11 test unit fuzz lint demo bench deps clean test-device
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# The agent with PKCS#11 identity keys (docs/device-identity.md): cgo, dynamically linked, so a
+# binary of its own; the default build above stays static and cgo-free (TPM keys included).
+build-pkcs11:
+	CGO_ENABLED=1 $(GO) build -trimpath -tags pkcs11 -ldflags '$(LDFLAGS)' -o $(BIN)/fieldota-agent-pkcs11 ./cmd/fieldota-agent
 
 deps:
 	scripts/deps.sh
@@ -23,6 +28,7 @@ deps:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	CGO_ENABLED=1 $(GO) vet -tags pkcs11 ./agent/identity/ ./cmd/fieldota-agent/
 
 # The whole suite: lint, every package under the race detector (end-to-end tests included: they
 # start the emulator, mosquitto and the real Debian tools themselves), then the fuzz targets.
@@ -30,6 +36,7 @@ test: deps lint unit fuzz
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -tags pkcs11 ./agent/identity/
 
 fuzz:
 	@for f in $(FUZZ); do pkg=$${f%%:*}; name=$${f##*:}; \

@@ -11,6 +11,11 @@ declare -A need=(
   [grub-editenv]=grub-common
   [openssl]=openssl
   [curl]=curl
+  # the device identity key in a TPM (a simulator) and on a PKCS#11 token; gcc for the cgo build
+  [swtpm]=swtpm
+  [swtpm_setup]=swtpm-tools
+  [softhsm2-util]=softhsm2
+  [gcc]=gcc
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }

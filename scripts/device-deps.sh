@@ -21,6 +21,7 @@ declare -A need=(
   [fw_printenv]=libubootenv-tool
   [cpio]=cpio
   [dpkg-deb]=dpkg
+  [swtpm]=swtpm   # the board's TPM (QEMU -tpmdev emulator)
 )
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 

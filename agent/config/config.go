@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/fieldota/fieldota/agent/identity"
 )
 
 // Config is the whole agent configuration. Keys are stable once released.
@@ -38,13 +40,26 @@ type Config struct {
 
 // MQTT is the connection to AWS IoT Core (or the emulator).
 type MQTT struct {
-	Endpoint   string   `toml:"endpoint"`  // host:8883, host:443, ssl://…, tcp://… (emulator only)
-	ClientID   string   `toml:"client_id"` // defaults to thing_name
-	CAFile     string   `toml:"ca_file"`
-	CertFile   string   `toml:"cert_file"`
-	KeyFile    string   `toml:"key_file"`
+	Endpoint string `toml:"endpoint"`  // host:8883, host:443, ssl://…, tcp://… (emulator only)
+	ClientID string `toml:"client_id"` // defaults to thing_name
+	CAFile   string `toml:"ca_file"`
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+	// Key is where the device's private key lives: a PEM path, tpm:0x81000001 (persistent
+	// handle), tpm:/path (TSS2 key file) or a pkcs11: URI (docs/device-identity.md). key_file is
+	// the older name for a PEM path; give one of the two.
+	Key        string   `toml:"key"`
+	TPMDevice  string   `toml:"tpm_device"`  // default /dev/tpmrm0; a unix socket for a TPM simulator
 	ServerName string   `toml:"server_name"` // SNI; defaults to the endpoint host
 	KeepAlive  Duration `toml:"keep_alive"`
+}
+
+// KeyRef is the device key reference: mqtt.key, or else mqtt.key_file.
+func (m MQTT) KeyRef() string {
+	if m.Key != "" {
+		return m.Key
+	}
+	return m.KeyFile
 }
 
 // Jobs tunes how the agent talks to the Jobs service.
@@ -390,8 +405,15 @@ func (c *Config) Validate() error {
 		if c.MQTT.CertFile != "" {
 			errs = append(errs, errors.New("mqtt.cert_file given with a plain tcp:// endpoint"))
 		}
-	} else if c.MQTT.CertFile == "" || c.MQTT.KeyFile == "" {
-		errs = append(errs, errors.New("mqtt.cert_file and mqtt.key_file are required for a TLS endpoint"))
+	} else if c.MQTT.CertFile == "" || c.MQTT.KeyRef() == "" {
+		errs = append(errs, errors.New("mqtt.cert_file and mqtt.key (or mqtt.key_file) are required for a TLS endpoint"))
+	}
+	if c.MQTT.Key != "" && c.MQTT.KeyFile != "" {
+		errs = append(errs, errors.New("mqtt.key and mqtt.key_file are two names for the device key: give one"))
+	} else if k := c.MQTT.KeyRef(); k != "" {
+		if _, err := identity.Parse(k, c.MQTT.TPMDevice); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt.key: %w", err))
+		}
 	}
 	// Fail closed: a device with no trust anchors could install nothing signed, and
 	// "no keys" must never be read as "skip verification".

@@ -2,8 +2,10 @@ package jobs
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +34,10 @@ type Config struct {
 	// CAFile (PEM bundle; empty = system roots), CertFile and KeyFile (the device certificate, read
 	// again at every handshake so a rotated certificate is picked up) configure TLS, unless TLS is set.
 	CAFile, CertFile, KeyFile string
+	// Key, when set, is the device's private key as a signer (held by a TPM or a PKCS#11 token:
+	// agent/identity) and KeyFile is unused; CertFile is still read at every handshake and must
+	// carry Key's public half.
+	Key crypto.Signer
 	// TLS, when set, is used (cloned) instead of the files.
 	TLS *tls.Config
 	// ServerName is the SNI and the name verified; defaults to the endpoint's host. AWS refuses
@@ -204,10 +210,21 @@ func (cfg Config) tlsConfig(ep endpoint) (*tls.Config, error) {
 			}
 			tc.RootCAs = pool
 		}
-		if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		if cfg.Key != nil {
+			if cfg.CertFile == "" {
+				return nil, errors.New("jobs: Key needs CertFile")
+			}
+			certFile, key := cfg.CertFile, cfg.Key
+			if _, err := signerCertificate(certFile, key); err != nil {
+				return nil, err
+			}
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				return signerCertificate(certFile, key)
+			}
+		} else if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 			return nil, errors.New("jobs: CertFile and KeyFile go together")
 		}
-		if cfg.CertFile != "" {
+		if cfg.CertFile != "" && cfg.Key == nil {
 			// Fail now on a missing or broken pair rather than on every reconnect.
 			if _, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile); err != nil {
 				return nil, fmt.Errorf("jobs: device certificate: %w", err)
@@ -233,4 +250,35 @@ func (cfg Config) tlsConfig(ep endpoint) (*tls.Config, error) {
 		tc.NextProtos = []string{ALPNProtocol}
 	}
 	return tc, nil
+}
+
+// signerCertificate pairs the certificate chain in certFile with a key that stays in its TPM or
+// token: TLS only asks it to sign.
+func signerCertificate(certFile string, key crypto.Signer) (*tls.Certificate, error) {
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("jobs: device certificate: %w", err)
+	}
+	var c tls.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			c.Certificate = append(c.Certificate, blk.Bytes)
+		}
+	}
+	if len(c.Certificate) == 0 {
+		return nil, fmt.Errorf("jobs: device certificate %s holds no PEM certificate", certFile)
+	}
+	if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+		return nil, fmt.Errorf("jobs: device certificate %s: %w", certFile, err)
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(c.Leaf.PublicKey) {
+		return nil, fmt.Errorf("jobs: device certificate %s is not for the device key", certFile)
+	}
+	c.PrivateKey = key
+	return &c, nil
 }

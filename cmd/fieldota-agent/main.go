@@ -58,6 +58,7 @@ func main() {
 		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.Context(), cmd.OutOrStdout(), cfgPath) },
 	})
 	root.AddCommand(newRecoverCmd(&cfgPath))
+	root.AddCommand(newProvisionCmd(&cfgPath))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -96,13 +97,24 @@ func run(ctx context.Context, cfgPath string) error {
 	if d := a.ProbationDeadline(); d > 0 {
 		dialCtx, cancel = context.WithTimeout(ctx, d)
 	}
+	id, err := openIdentity(cfg)
+	if err != nil {
+		cancel()
+		if a.ProbationDeadline() > 0 && ctx.Err() == nil {
+			log.Error("the slot on trial cannot open its identity key: it counts as unhealthy", "err", err)
+			return a.FailProbationOffline(ctx)
+		}
+		return err
+	}
+	defer id.Close()
 	cl, err := jobs.Dial(dialCtx, jobs.Config{
 		Endpoint:       cfg.MQTT.Endpoint,
 		ThingName:      cfg.ThingName,
 		ClientID:       cfg.MQTT.ClientID,
 		CAFile:         cfg.MQTT.CAFile,
 		CertFile:       cfg.MQTT.CertFile,
-		KeyFile:        cfg.MQTT.KeyFile,
+		KeyFile:        id.KeyFile,
+		Key:            id.Signer,
 		ServerName:     cfg.MQTT.ServerName,
 		KeepAlive:      cfg.MQTT.KeepAlive.Duration,
 		RequestTimeout: cfg.Jobs.RequestTimeout.Duration,
@@ -144,6 +156,9 @@ func status(ctx context.Context, w io.Writer, cfgPath string) error {
 	}
 	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, "installed.json")); err == nil {
 		out["installed"] = json.RawMessage(b)
+	}
+	if id := identityStatus(cfg); id != nil {
+		out["identity"] = id
 	}
 	if sl := agent.New(agent.Options{Config: cfg}).Slots(ctx); sl != nil {
 		out["slots"] = sl

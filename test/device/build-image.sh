@@ -45,7 +45,7 @@ cmd_base() {
   local I="$T/initramfs"
   mkdir -p "$I/bin" "$I/lib/modules" "$I/proc" "$I/sys" "$I/dev" "$I/newroot"
   cp "$T/x/bin/busybox" "$I/bin/busybox"
-  for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net fat vfat nls_cp437 nls_ascii; do
+  for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net fat vfat nls_cp437 nls_ascii tpm_tis_core tpm_tis; do
     f=$(find "$T/x/lib/modules/$kver" -name "$m.ko" | head -1)
     [ -n "$f" ] || die "module $m not in the kernel package"
     cp "$f" "$I/lib/modules/$m.ko"

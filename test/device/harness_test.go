@@ -296,6 +296,8 @@ type scenario struct {
 	board *proc
 	boots int
 	start time.Time
+	// qemuArgs are added to every power-on (devices a scenario plugs in, e.g. a TPM).
+	qemuArgs []string
 }
 
 func newScenario(t *testing.T, simArgs ...string) *scenario {
@@ -336,12 +338,12 @@ func (s *scenario) powerOn() *proc {
 	s.t.Helper()
 	s.boots++
 	log := filepath.Join(s.dir, fmt.Sprintf("console-%d.log", s.boots))
-	s.board = startProc(s.t, log, "qemu-system-aarch64",
-		"-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a57", "-m", "512", "-smp", "1", "-nographic",
+	args := []string{"-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a57", "-m", "512", "-smp", "1", "-nographic",
 		"-bios", uBootBin,
-		"-drive", "if=pflash,format=raw,index=1,readonly=on,file="+filepath.Join(s.e.base, "flash1.img"),
-		"-drive", "if=none,id=d0,format=raw,file="+s.disk, "-device", "virtio-blk-device,drive=d0",
-		"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0")
+		"-drive", "if=pflash,format=raw,index=1,readonly=on,file=" + filepath.Join(s.e.base, "flash1.img"),
+		"-drive", "if=none,id=d0,format=raw,file=" + s.disk, "-device", "virtio-blk-device,drive=d0",
+		"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"}
+	s.board = startProc(s.t, log, "qemu-system-aarch64", append(args, s.qemuArgs...)...)
 	return s.board
 }
 

@@ -44,7 +44,7 @@ func embed(s *Sim, cfg Config) (*embedded, error) {
 		if cfg.TLS == nil {
 			return nil, errors.New("jobsim: TLSAddr needs Config.TLS")
 		}
-		tc := cfg.TLS.Clone()
+		tc := s.certs.ServerTLS(cfg.TLS) // also trusts CreateCertificateFromCsr's certificates
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
 		if len(tc.NextProtos) == 0 {
 			tc.NextProtos = []string{"x-amzn-mqtt-ca"}

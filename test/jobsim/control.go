@@ -136,6 +136,7 @@ func (s *Sim) controlHandler() http.Handler {
 		err := s.DeleteJob(r.PathValue("jobId"), r.URL.Query().Get("force") == "true")
 		reply(w, map[string]any{}, err)
 	})
+	s.certificateRoutes(mux)
 	return mux
 }
 

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fieldota/fieldota/test/jobsim/certs"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
 )
 
@@ -65,6 +66,7 @@ type Sim struct {
 	model     *model
 	presigner *s3.Presigner
 	artifacts *s3.Server
+	certs     *certs.Authority // CreateCertificateFromCsr's CA (certificates.go)
 	front     frontEnd
 
 	mqttURL, tlsURL, httpURL, s3URL string
@@ -104,6 +106,10 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 		s.now = time.Now
 	}
 	s.model = newModel(s.now, cfg.Minute)
+	var err error
+	if s.certs, err = certs.New(Region, Account, cfg.Now); err != nil {
+		return nil, err
+	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, err
