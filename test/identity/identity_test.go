@@ -146,6 +146,7 @@ request_timeout = "2s"
 keys = [%q]
 [download]
 allow_insecure_http = true
+allowed_hosts = ["127.0.0.1"]
 [files]
 allowed_roots = [%q]
 [log]
