@@ -29,6 +29,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=1 $(GO) vet -tags pkcs11 ./agent/identity/ ./cmd/fieldota-agent/
+	$(GO) vet -tags device ./test/device/   # built only by make test-device: vet it here so it never rots
 
 # The whole suite: lint, every package under the race detector (end-to-end tests included: they
 # start the emulator, mosquitto and the real Debian tools themselves), then the fuzz targets.

@@ -6,8 +6,6 @@ import (
 	"bufio"
 	"context"
 	"crypto"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,8 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldota/fieldota/test/testdoc"
+
 	"github.com/fieldota/fieldota/test/jobsim"
-	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 )
 
@@ -373,24 +372,12 @@ func (s *scenario) createJob(image string) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cs, err := sign.MakeCodesign(s.e.key, verify.ECDSASHA256, digest, size)
+	// The release statement signs the image's name, size and digest and the target.
+	td := testdoc.Doc{Target: "slot", Name: filepath.Base(path), Size: size, SHA256: digest, Version: slotVersionB, Compatible: []string{}}
+	doc, err := td.Signed(s.e.key)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	csJSON, _ := json.Marshal(cs)
-	name := filepath.Base(path)
-	doc := fmt.Sprintf(`{
-  "operation": "install",
-  "version": %q,
-  "target": "slot",
-  "files": {
-    "fileName": %q,
-    "url": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/bucket/%s}",
-    "size": %d,
-    "sha256": %q,
-    "codesign": %s
-  }
-}`, slotVersionB, name, name, size, hex.EncodeToString(digest), csJSON)
 	s.job = "device-" + strings.ReplaceAll(s.t.Name(), "/", "-")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
