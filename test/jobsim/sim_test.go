@@ -601,3 +601,26 @@ func TestArtifactServerOverTLS(t *testing.T) {
 		t.Fatalf("GET %s: %d %q", u, resp.StatusCode, body)
 	}
 }
+
+// TestCreateJobRefusesAnUnterminatedPlaceholder: a placeholder without its closing brace used to
+// be accepted, swallowed the rest of the document up to the next '}', and made every delivery an
+// InternalError (notify-next silently unsent), leaving the device's queue stuck. AWS refuses it
+// at CreateJob; so does the emulator, naming the placeholder.
+func TestCreateJobRefusesAnUnterminatedPlaceholder(t *testing.T) {
+	s := startSim(t, Config{})
+	for name, doc := range map[string]string{
+		"v1, brace of a later object": `{"files":{"url":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/bucket/fw.bin","size":1}}`,
+		"v2, brace of a later object": `{"files":{"url":"${aws:iot:s3-presigned-url-v2:https%3A%2F%2Fs3.us-east-1.amazonaws.com%2Fbucket%2Ffw.bin","size":1}}`,
+		"no kind separator":           `{"files":{"url":"${aws:iot:s3-presigned-url","size":1}}`,
+		"space inside":                `{"files":{"url":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/bucket/fw .bin}"}}`,
+	} {
+		_, err := s.CreateJob(CreateJobInput{JobID: "j", Targets: []string{"dev1"}, Document: doc})
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != 400 || ae.Code != ExcInvalidRequest || !strings.Contains(ae.Message, "placeholder") {
+			t.Errorf("%s: CreateJob answered %v, want InvalidRequestException naming the placeholder", name, err)
+		}
+	}
+	if _, err := s.DescribeJob("j"); err == nil {
+		t.Fatal("a refused job exists")
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -104,8 +103,47 @@ func (p *Presigner) mac(path, date string, secs int64) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// placeholder matches ${aws:iot:s3-presigned-url:<S3 URL>} and the -v2 form (URL-encoded S3 URL).
-var placeholder = regexp.MustCompile(`\$\{aws:iot:s3-presigned-url(-v2)?:([^}]+)\}`)
+// placeholderStart opens every presigned-URL placeholder: ${aws:iot:s3-presigned-url:<S3 URL>} and
+// the -v2 form (URL-encoded S3 URL).
+const placeholderStart = "${aws:iot:s3-presigned-url"
+
+// ErrPlaceholder is a malformed presigned-URL placeholder (unterminated, no kind, bad characters).
+var ErrPlaceholder = errors.New("malformed presigned URL placeholder")
+
+// nextPlaceholder finds the first placeholder in doc at or after from. It returns its bounds and
+// parts, or ok=false when there is none; a placeholder that is not closed by '}' before a character
+// no S3 URL holds (quote, backslash, brace, '$', space, control) is an error, so that it can never
+// swallow the rest of a document.
+func nextPlaceholder(doc string, from int) (start, end int, s3url string, v2, ok bool, err error) {
+	i := strings.Index(doc[from:], placeholderStart)
+	if i < 0 {
+		return 0, 0, "", false, false, nil
+	}
+	start = from + i
+	rest := doc[start+len(placeholderStart):]
+	switch {
+	case strings.HasPrefix(rest, "-v2:"):
+		v2, rest = true, rest[len("-v2:"):]
+	case strings.HasPrefix(rest, ":"):
+		rest = rest[1:]
+	default:
+		return 0, 0, "", false, false, fmt.Errorf("%w at offset %d: want %s: or %s-v2:", ErrPlaceholder, start, placeholderStart, placeholderStart)
+	}
+	body := len(doc) - len(rest)
+	for j := 0; j < len(rest); j++ {
+		c := rest[j]
+		if c == '}' {
+			if j == 0 {
+				return 0, 0, "", false, false, fmt.Errorf("%w at offset %d: no S3 URL", ErrPlaceholder, start)
+			}
+			return start, body + j + 1, rest[:j], v2, true, nil
+		}
+		if c == '"' || c == '\\' || c == '{' || c == '$' || c <= ' ' || c == 0x7f {
+			return 0, 0, "", false, false, fmt.Errorf("%w at offset %d: not closed by '}' before %q", ErrPlaceholder, start, c)
+		}
+	}
+	return 0, 0, "", false, false, fmt.Errorf("%w at offset %d: not closed by '}'", ErrPlaceholder, start)
+}
 
 // ObjectPath turns the S3 URL inside a placeholder into "bucket/key": path-style
 // https://s3.<region>.amazonaws.com/<bucket>/<key>, virtual-hosted https://<bucket>.s3.<region>.amazonaws.com/<key>,
@@ -138,19 +176,27 @@ func ObjectPath(s3url string, v2 bool) (string, error) {
 
 // ExpandPlaceholders replaces every presigned-URL placeholder in a JSON document with a fresh URL.
 // It works on the raw text, so it must run on the document as stored (placeholders contain no
-// characters that JSON escapes).
+// characters that JSON escapes). A malformed placeholder is an error and the document comes back
+// unchanged.
 func (p *Presigner) ExpandPlaceholders(doc string, expires time.Duration) (string, error) {
-	var firstErr error
-	out := placeholder.ReplaceAllStringFunc(doc, func(m string) string {
-		sub := placeholder.FindStringSubmatch(m)
-		obj, err := ObjectPath(sub[2], sub[1] == "-v2")
+	var b strings.Builder
+	from := 0
+	for {
+		start, end, s3url, v2, ok, err := nextPlaceholder(doc, from)
 		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			return m
+			return doc, err
 		}
-		return p.Sign(obj, expires)
-	})
-	return out, firstErr
+		if !ok {
+			break
+		}
+		obj, err := ObjectPath(s3url, v2)
+		if err != nil {
+			return doc, err
+		}
+		b.WriteString(doc[from:start])
+		b.WriteString(p.Sign(obj, expires))
+		from = end
+	}
+	b.WriteString(doc[from:])
+	return b.String(), nil
 }
