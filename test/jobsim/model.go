@@ -193,10 +193,10 @@ type model struct {
 	mu      sync.Mutex
 	members func(group string) ([]string, error) // the registry's view of a thing group
 	now     func() time.Time
-	minute time.Duration
-	jobs   map[string]*job
-	seq    int64
-	order  []*job // creation order; deleted jobs are removed
+	minute  time.Duration
+	jobs    map[string]*job
+	seq     int64
+	order   []*job // creation order; deleted jobs are removed
 }
 
 func newModel(now func() time.Time, minute time.Duration) *model {

@@ -106,8 +106,8 @@ func TestAbortCancelsTheQueuedAndLetsTheRunningFinish(t *testing.T) {
 	f := newFixture(t)
 	f.create(CreateJobInput{JobID: "j", Targets: things(10),
 		JobExecutionsRolloutConfig: &RolloutConfig{MaximumPerMinute: 5},
-		AbortConfig: &AbortConfig{CriteriaList: []AbortCriteria{{FailureType: "FAILED", Action: "CANCEL", ThresholdPercentage: 20, MinNumberOfExecutedThings: 5}}},
-		JobExecutionsRetryConfig: &RetryConfig{CriteriaList: []RetryCriteria{{FailureType: "FAILED", NumberOfRetries: 1}}}})
+		AbortConfig:                &AbortConfig{CriteriaList: []AbortCriteria{{FailureType: "FAILED", Action: "CANCEL", ThresholdPercentage: 20, MinNumberOfExecutedThings: 5}}},
+		JobExecutionsRetryConfig:   &RetryConfig{CriteriaList: []RetryCriteria{{FailureType: "FAILED", NumberOfRetries: 1}}}})
 	f.update("d00", "j", StatusInProgress)
 	f.update("d01", "j", StatusInProgress)
 	_, eff := f.update("d01", "j", StatusFailed) // 1 of 5 notified = 20 %

@@ -20,7 +20,9 @@ const (
 )
 
 // ThingArn and GroupArn build ARNs as AWS prints them.
-func ThingArn(thing string) string { return "arn:aws:iot:" + Region + ":" + Account + ":thing/" + thing }
+func ThingArn(thing string) string {
+	return "arn:aws:iot:" + Region + ":" + Account + ":thing/" + thing
+}
 func GroupArn(group string) string {
 	return "arn:aws:iot:" + Region + ":" + Account + ":thinggroup/" + group
 }
