@@ -348,5 +348,3 @@ func (v rolloutView) summaryOfFailure() string {
 	}
 	return strings.Join(parts, ", ")
 }
-
-
