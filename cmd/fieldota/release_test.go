@@ -29,6 +29,7 @@ func fakeAWS(t *testing.T) {
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_PROFILE", "")
+	os.Unsetenv("AWS_PROFILE") // t.Setenv restores it afterwards
 }
 
 // cli runs a fieldota command in-process and returns its output and exit status.
