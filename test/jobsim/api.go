@@ -248,12 +248,14 @@ type JobExecutionSummaryForJob struct {
 
 // Event is one thing that happened in the Jobs service, for logs and for `fieldota sim`.
 type Event struct {
-	Time            time.Time
-	Kind            string // Event* constants
-	JobID, Thing    string
-	ExecutionNumber int64
-	Status          string
-	Detail          string
+	Time            time.Time         `json:"time"`
+	Kind            string            `json:"kind"` // Event* constants
+	JobID           string            `json:"jobId,omitempty"`
+	Thing           string            `json:"thing,omitempty"`
+	ExecutionNumber int64             `json:"executionNumber,omitempty"`
+	Status          string            `json:"status,omitempty"`
+	Detail          string            `json:"detail,omitempty"`
+	StatusDetails   map[string]string `json:"statusDetails,omitempty"` // the execution's, on status and updated events
 }
 
 func (e Event) String() string {

@@ -317,6 +317,9 @@ func (m *model) event(eff *effects, kind string, e *execution, detail string) {
 	ev := Event{Time: m.now(), Kind: kind, Detail: detail}
 	if e != nil {
 		ev.JobID, ev.Thing, ev.ExecutionNumber, ev.Status = e.job.id, e.thing, e.number, e.status
+		if (kind == EventStatus || kind == EventUpdated) && len(e.details) > 0 {
+			ev.StatusDetails = snap(e).Details // a copy: the event outlives the lock
+		}
 	}
 	eff.events = append(eff.events, ev)
 }
