@@ -116,6 +116,9 @@ func runCommand(ctx context.Context, per time.Duration, argv []string) error {
 		if len(msg) > 200 {
 			msg = msg[len(msg)-200:]
 		}
+		if msg == "" { // a silent command: no empty "()" at the end of the device's detail
+			return fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
+		}
 		return fmt.Errorf("%s: %w (%s)", strings.Join(argv, " "), err, msg)
 	}
 	return nil
