@@ -204,6 +204,10 @@ func run(ctx context.Context, devices, failEvery int) (string, error) {
 	for _, r := range m.breakdown {
 		fmt.Fprintf(&b, "| %s | %.2f |\n", r.name, r.mean)
 	}
+	fmt.Fprintf(&b, "\nThe accepted UpdateJobExecution requests by the status and stage they reported:\n\n| update | per execution |\n| --- | --- |\n")
+	for _, r := range m.updates {
+		fmt.Fprintf(&b, "| %s | %.2f |\n", r.name, r.mean)
+	}
 	fmt.Fprintf(&b, "\nFleet: %s\n\nLast status lines:\n\n```\n%s```\n\n", strings.TrimSpace(strings.TrimPrefix(readyLine, "fieldota sim fleet: ")), tail(string(statusOut), 6))
 	return b.String(), nil
 }
@@ -252,14 +256,17 @@ func procUsage(pid int) (time.Duration, int64, error) {
 	return cpu, rss, nil
 }
 
+// row is one line of a per-execution breakdown.
+type row struct {
+	name string
+	mean float64
+}
+
 type measurement struct {
 	lastSucceeded, allTerminal    time.Duration
 	outcome                       string
 	devicePerExec, servicePerExec float64
-	breakdown                     []struct {
-		name string
-		mean float64
-	}
+	breakdown, updates            []row
 }
 
 // measure reads the emulator's event stream.
@@ -273,6 +280,7 @@ func measure(path, job string) (measurement, error) {
 	var created, lastOK, lastEnd time.Time
 	final := map[string]string{}
 	perThing := map[string]map[string]int{} // thing → request kind → count
+	updates := map[string]map[string]int{}  // thing → "status stage=…" of its accepted updates
 	service := 0
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -286,8 +294,21 @@ func measure(path, job string) (measurement, error) {
 			if ev.JobID == job {
 				created = ev.Time
 			}
-		case jobsim.EventStatus:
+		case jobsim.EventStatus, jobsim.EventUpdated:
 			if ev.JobID != job {
+				continue
+			}
+			if strings.Contains(ev.Detail, "device") || strings.Contains(ev.Detail, "start-next") {
+				if updates[ev.Thing] == nil {
+					updates[ev.Thing] = map[string]int{}
+				}
+				k := ev.Status
+				if st := ev.StatusDetails["stage"]; st != "" {
+					k += " stage=" + st
+				}
+				updates[ev.Thing][k]++
+			}
+			if ev.Kind == jobsim.EventUpdated {
 				continue
 			}
 			if ev.Status == jobsim.StatusSucceeded {
@@ -309,7 +330,11 @@ func measure(path, job string) (measurement, error) {
 			} else if strings.HasPrefix(k, "DescribeJobExecution") {
 				op = "DescribeJobExecution <job>"
 			} else if strings.HasPrefix(k, "rejected: ") {
-				op = "rejected: " + strings.Fields(k)[1]
+				f := strings.Fields(k)
+				op = "rejected: " + f[1]
+				if len(f) > 3 {
+					op += " " + strings.TrimSuffix(f[3], ":") // the error code
+				}
 			}
 			if perThing[ev.Thing] == nil {
 				perThing[ev.Thing] = map[string]int{}
@@ -357,11 +382,26 @@ func measure(path, job string) (measurement, error) {
 	}
 	sort.Slice(ops, func(i, j int) bool { return byOp[ops[i]] > byOp[ops[j]] })
 	for _, op := range ops {
-		m.breakdown = append(m.breakdown, struct {
-			name string
-			mean float64
-		}{op, float64(byOp[op]) / float64(ok)})
+		m.breakdown = append(m.breakdown, row{op, float64(byOp[op]) / float64(ok)})
 	}
+	byUpd := map[string]int{}
+	for thing, u := range updates {
+		if final[thing] != jobsim.StatusSucceeded {
+			continue
+		}
+		for k, n := range u {
+			byUpd[k] += n
+		}
+	}
+	keys := make([]string, 0, len(byUpd))
+	for k := range byUpd {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		m.updates = append(m.updates, row{k, float64(byUpd[k]) / float64(ok)})
+	}
+
 	return m, nil
 }
 
