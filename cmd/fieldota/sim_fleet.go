@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/spf13/cobra"
 
 	"github.com/fieldota/fieldota/test/fleet"
@@ -24,6 +26,7 @@ func newSimFleetCmd() *cobra.Command {
 	var (
 		devices, failEvery int
 		broker, api, pub   string
+		s3URL, bucket      string
 		group, dir, prefix string
 	)
 	cmd := &cobra.Command{
@@ -31,7 +34,7 @@ func newSimFleetCmd() *cobra.Command {
 		Short: "Run N real agents against a running emulator, as things of one thing group",
 		Long: `fleet registers N things (dev-0001…) in a thing group of a running 'fieldota sim' (--api),
 then runs N real agents in this process, each with its own state directory, configuration and MQTT
-connection (--broker). Each device manages a binary of its own (release with --target binary); with
+connection (--broker), and creates the versioned bucket --bucket in its S3. Each device manages a binary of its own (release with --target binary); with
 --fail-every K every K-th device has a health check that never passes, so it rolls back and
 reports FAILED HEALTH_CHECK_FAILED. Then release to the group and watch it, for example:
 
@@ -63,6 +66,11 @@ It runs until SIGINT or SIGTERM.`,
 			if err := registerFleet(ctx, api, group, o); err != nil {
 				return err
 			}
+			if bucket != "" {
+				if err := versionedBucket(ctx, s3URL, bucket); err != nil {
+					return err
+				}
+			}
 			t0 := time.Now()
 			f, err := fleet.Start(ctx, o)
 			if err != nil {
@@ -93,8 +101,28 @@ It runs until SIGINT or SIGTERM.`,
 	fs.StringVar(&pub, "key", "", "release public key (PEM) the devices trust")
 	fs.StringVar(&group, "thing-group", "fleet", "thing group the devices join")
 	fs.StringVar(&prefix, "prefix", "dev-", "thing name prefix")
+	fs.StringVar(&s3URL, "s3", "http://127.0.0.1:8081", "the emulator's S3, for --bucket")
+	fs.StringVar(&bucket, "bucket", "fleet", "create this versioned bucket for releases ('' = none)")
 	fs.StringVar(&dir, "dir", "", "directory for the devices' state (default: a temporary one, removed at exit)")
 	return cmd
+}
+
+// versionedBucket creates the release bucket with versioning enabled (an existing one is kept).
+func versionedBucket(ctx context.Context, endpoint, name string) error {
+	sc := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider("AKIAFIELDOTAFLEET000", "fleet", "")})
+	if _, err := sc.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
+		var owned *s3types.BucketAlreadyOwnedByYou
+		if !errors.As(err, &owned) {
+			return awsErr("CreateBucket "+name, err)
+		}
+	}
+	_, err := sc.PutBucketVersioning(ctx, &s3.PutBucketVersioningInput{Bucket: aws.String(name),
+		VersioningConfiguration: &s3types.VersioningConfiguration{Status: s3types.BucketVersioningStatusEnabled}})
+	if err != nil {
+		return awsErr("PutBucketVersioning "+name, err)
+	}
+	return nil
 }
 
 // registerFleet creates the things and the group through the IoT API, as an operator would.

@@ -23,11 +23,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
-	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
-
 	"github.com/fieldota/fieldota/test/jobsim"
 )
 
@@ -115,19 +110,9 @@ func run(ctx context.Context, devices, failEvery int) (string, error) {
 	if b, err := exec.CommandContext(ctx, bin, "keygen", "--out", key).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("keygen: %v %s", err, b)
 	}
-	s3c := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(s3URL), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider("AKIAFIELDOTABENCH000", "bench", "")})
-	if _, err := s3c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String("fleet-releases")}); err != nil {
-		return "", err
-	}
-	if _, err := s3c.PutBucketVersioning(ctx, &awss3.PutBucketVersioningInput{Bucket: aws.String("fleet-releases"),
-		VersioningConfiguration: &s3types.VersioningConfiguration{Status: s3types.BucketVersioningStatusEnabled}}); err != nil {
-		return "", err
-	}
-
 	// The fleet: its own process, so the emulator's CPU and memory are its own.
 	fl := exec.CommandContext(ctx, bin, "sim", "fleet", "--devices", strconv.Itoa(devices), "--fail-every", strconv.Itoa(failEvery),
-		"--broker", "tcp://"+mqtt, "--api", apiURL, "--key", key+".pub", "--dir", filepath.Join(dir, "devices"))
+		"--broker", "tcp://"+mqtt, "--api", apiURL, "--s3", s3URL, "--bucket", "fleet-releases", "--key", key+".pub", "--dir", filepath.Join(dir, "devices"))
 	flOut, err := fl.StdoutPipe()
 	if err != nil {
 		return "", err
