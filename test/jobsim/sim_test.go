@@ -624,3 +624,43 @@ func TestCreateJobRefusesAnUnterminatedPlaceholder(t *testing.T) {
 		t.Fatal("a refused job exists")
 	}
 }
+
+// TestScheduledJobReachesDevicesOnlyInItsWindow: over MQTT, devices hear nothing of a scheduled job
+// (no notify-next, an empty $next, an empty pending list) until its maintenance window opens;
+// then every one of them gets notify-next with the job.
+func TestScheduledJobReachesDevicesOnlyInItsWindow(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC).Unix())
+	now := func() time.Time { return time.Unix(clock.Load(), 0) }
+	s := startSim(t, Config{Now: now})
+	var devs []*device
+	for _, th := range []string{"dev1", "dev2", "dev3"} {
+		devs = append(devs, connectDevice(t, s.MQTTURL(), th, devOpts{subscribe: true}))
+	}
+	mustCreate(t, s, CreateJobInput{JobID: "night", Targets: []string{"dev1", "dev2", "dev3"},
+		SchedulingConfig: &SchedulingConfig{MaintenanceWindows: []MaintenanceWindow{{StartTime: "cron(0 2 * * ? *)", DurationInMinutes: 30}}}})
+	for _, at := range []time.Duration{0, time.Hour, 119 * time.Minute} {
+		clock.Store(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC).Add(at).Unix())
+		s.FireTimers()
+		for _, d := range devs {
+			d.quiet(d.jobs("notify-next"), 50*time.Millisecond)
+			if x := d.accepted("$next/get", map[string]any{}); x["execution"] != nil {
+				t.Fatalf("%s at +%v: $next is %v", d.thing, at, x["execution"])
+			}
+		}
+	}
+	if j, _ := s.DescribeJob("night"); j.Status != JobScheduled {
+		t.Fatalf("job before its window: %s", j.Status)
+	}
+	clock.Store(time.Date(2027, 3, 1, 2, 0, 0, 0, time.UTC).Unix())
+	s.FireTimers()
+	for _, d := range devs {
+		n := d.expect(d.jobs("notify-next"))
+		if field(n.body, "execution", "jobId") != "night" {
+			t.Fatalf("%s in the window: %s", d.thing, n.raw)
+		}
+	}
+	if j, _ := s.DescribeJob("night"); j.Status != JobInProgress {
+		t.Fatalf("job in its window: %s", j.Status)
+	}
+}
