@@ -410,36 +410,47 @@ func (r *releaser) run(ctx context.Context, spec jobSpec, o releaseOpts, req job
 	return nil
 }
 
+// targets turns --thing and --thing-group names into ARNs by asking the registry (which also
+// proves that they exist); ARNs are taken as given.
 func (r *releaser) targets(ctx context.Context, o releaseOpts) ([]string, error) {
-	var out []string
-	for _, t := range o.things {
-		switch {
-		case strings.HasPrefix(t, "arn:"):
-			out = append(out, t)
-		case r.dryRun:
-			r.show("iot", "DescribeThing", map[string]string{"thingName": t})
-			out = append(out, "ARN_OF_THING_"+t)
-		default:
-			d, err := r.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(t)})
-			if err != nil {
-				return nil, awsErr("DescribeThing "+t, err)
-			}
-			out = append(out, aws.ToString(d.ThingArn))
+	thing := func(name string) (string, error) {
+		d, err := r.iot.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String(name)})
+		if err != nil {
+			return "", err
 		}
+		return aws.ToString(d.ThingArn), nil
 	}
-	for _, g := range o.groups {
-		switch {
-		case strings.HasPrefix(g, "arn:"):
-			out = append(out, g)
-		case r.dryRun:
-			r.show("iot", "DescribeThingGroup", map[string]string{"thingGroupName": g})
-			out = append(out, "ARN_OF_THING_GROUP_"+g)
-		default:
-			d, err := r.iot.DescribeThingGroup(ctx, &iot.DescribeThingGroupInput{ThingGroupName: aws.String(g)})
-			if err != nil {
-				return nil, awsErr("DescribeThingGroup "+g, err)
+	group := func(name string) (string, error) {
+		d, err := r.iot.DescribeThingGroup(ctx, &iot.DescribeThingGroupInput{ThingGroupName: aws.String(name)})
+		if err != nil {
+			return "", err
+		}
+		return aws.ToString(d.ThingGroupArn), nil
+	}
+	var out []string
+	for _, kind := range []struct {
+		names     []string
+		op, field string
+		dryArn    string
+		lookup    func(string) (string, error)
+	}{
+		{o.things, "DescribeThing", "thingName", "ARN_OF_THING_", thing},
+		{o.groups, "DescribeThingGroup", "thingGroupName", "ARN_OF_THING_GROUP_", group},
+	} {
+		for _, n := range kind.names {
+			switch {
+			case strings.HasPrefix(n, "arn:"):
+				out = append(out, n)
+			case r.dryRun:
+				r.show("iot", kind.op, map[string]string{kind.field: n})
+				out = append(out, kind.dryArn+n)
+			default:
+				arn, err := kind.lookup(n)
+				if err != nil {
+					return nil, awsErr(kind.op+" "+n, err)
+				}
+				out = append(out, arn)
 			}
-			out = append(out, aws.ToString(d.ThingGroupArn))
 		}
 	}
 	return out, nil

@@ -113,7 +113,7 @@ func (e *rolloutEnv) startFleet(t *testing.T, n int, fail func(int) bool) *fleet
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	f, err := fleet.Start(ctx, fleet.Options{Devices: n, Dir: filepath.Join(e.dir, "fleet"), MQTT: e.sim.MQTTURL(),
-		ReleaseKey: e.key + ".pub", Fail: fail})
+		S3Host: strings.TrimPrefix(e.sim.S3URL(), "http://"), ReleaseKey: e.key + ".pub", Fail: fail})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -60,6 +61,9 @@ It runs until SIGINT or SIGTERM.`,
 				dir = d
 			}
 			o := fleet.Options{Devices: devices, Prefix: prefix, Dir: dir, MQTT: broker, ReleaseKey: pub}
+			if u, err := url.Parse(s3URL); err == nil {
+				o.S3Host = u.Host
+			}
 			if failEvery > 0 {
 				o.Fail = func(i int) bool { return (i+1)%failEvery == 0 }
 			}

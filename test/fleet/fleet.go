@@ -99,8 +99,9 @@ commands = %s
 timeout = "300ms"
 interval = "50ms"
 `, o.Name(i), filepath.Join(dir, "state"), o.MQTT, o.ReleaseKey, target, health)
-	// The download host allowlist (download.allowed_hosts, when the agent has it) would name
-	// o.S3Host here: one line.
+	// The download host allowlist: when the agent gains download.allowed_hosts (default: AWS's S3
+	// endpoints), the [download] table above takes one more line:
+	//   allowed_hosts = [%q]   (with o.S3Host, the emulator's S3)
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return nil, err
 	}
