@@ -211,7 +211,9 @@ func TestReleaseToAThingGroupOf20AgentsAtFivePerMinute(t *testing.T) {
 // FAILED ≥ 20 % after ≥ 5 executed the job is aborted: the executions still QUEUED end CANCELED,
 // rollout status groups the failure reason and exits 1.
 func TestAbortConfigStopsARolloutWithFailingDevices(t *testing.T) {
-	e := newRolloutEnv(t, 20, 300*time.Millisecond)
+	// A long emulator minute: the first five are notified at once and dev-0001 fails well before
+	// the next five are due, even on a loaded machine.
+	e := newRolloutEnv(t, 20, 3*time.Second)
 	e.startFleet(t, 20, func(i int) bool { return i%3 == 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
