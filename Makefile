@@ -49,6 +49,7 @@ demo: build
 
 bench:
 	$(GO) run ./test/bench
+	$(GO) run ./test/bench/fleet
 
 # The A/B story on an emulated arm64 board (QEMU TCG + Debian's U-Boot + Linux; test/device,
 # docs/device-in-a-box.md): installs the tools and fetches the arm64 packages, then runs it.

@@ -20,6 +20,10 @@ declare -A need=(
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
+# moto_server (Python moto) is a second, independent S3 + IoT implementation for the release
+# tests; Debian does not package it and these machines ship it with their Python.
+have moto_server || { echo "deps: moto_server missing (pip install 'moto[server]'); the release tests need it and will not skip" >&2; exit 1; }
+
 missing=()
 for cmd in "${!need[@]}"; do
   have "$cmd" || missing+=("${need[$cmd]}")

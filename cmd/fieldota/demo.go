@@ -24,24 +24,38 @@ import (
 func init() { register(newDemoCmd) }
 
 func newDemoCmd() *cobra.Command {
-	var keep bool
+	var keep, verbose bool
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the whole story locally: emulator, signed package, job, agent, report",
-		Long: `demo starts 'fieldota sim', makes a signing key, signs a sample package, creates a job,
-runs fieldota-agent (found next to this binary) with a temporary state directory, and prints the
-job's timeline as the emulator sees it; then it shows a tampered artifact being refused.
-Nothing leaves this machine; every process it starts is stopped before it returns.`,
+		Long: `demo starts 'fieldota sim', makes a signing key and runs fieldota-agent (found next to this
+binary) with a temporary state directory, then tells three chapters:
+
+  1. a signed files package is placed and started (SUCCEEDED);
+  2. the same release with tampered bytes in the bucket is refused (FAILED SIGNATURE_INVALID);
+  3. A/B slots on a simulated board (a real U-Boot environment through fw_setenv): a good image
+     is tried and committed, an unhealthy one is rolled back by the agent, one that never boots
+     is rolled back by the bootloader.
+
+Every job line is one transition of the execution (status and stage), taken from the emulator's
+event stream ('fieldota sim --events'), so each run prints the same sequence. --verbose adds the
+download progress and the execution as the emulator's control API describes it at the end.
+--keep keeps the directory (keys, documents, the emulator's and the agent's logs). Nothing leaves
+this machine; every process it starts is stopped before it returns.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			defer cancel()
-			return runDemo(ctx, cmd.OutOrStdout(), keep)
+			return runDemo(ctx, cmd.OutOrStdout(), keep, verbose)
 		},
 	}
-	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory (keys, documents, state) for inspection")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory (keys, documents, logs, state) for inspection")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also print download progress and each execution's final JSON")
 	return cmd
 }
+
+// demoRegion is the one region of the demo: the emulator's ARNs and the S3 URLs agree.
+const demoRegion = jobsim.Region
 
 // demo holds what the walkthrough needs between its steps.
 type demo struct {
@@ -56,18 +70,20 @@ type demo struct {
 	bucket  string
 	appRoot string
 	mqtt    string
+	verbose bool
+	events  chan jobsim.Event // the emulator's event stream
 }
 
 func (d *demo) say(who, format string, args ...any) {
 	fmt.Fprintf(d.out, "[%5.1fs] %-9s %s\n", time.Since(d.start).Seconds(), who, fmt.Sprintf(format, args...))
 }
 
-func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
+func runDemo(ctx context.Context, out io.Writer, keep, verbose bool) (err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	d := &demo{out: out, start: time.Now(), self: self, agent: filepath.Join(filepath.Dir(self), "fieldota-agent"), thing: "demo-device"}
+	d := &demo{out: out, start: time.Now(), self: self, agent: filepath.Join(filepath.Dir(self), "fieldota-agent"), thing: "demo-device", verbose: verbose}
 	if _, err := os.Stat(d.agent); err != nil {
 		return fmt.Errorf("fieldota-agent not found next to %s (run 'make demo', which builds both): %w", self, err)
 	}
@@ -78,7 +94,7 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 	defer func() {
 		d.stopAll()
 		if keep {
-			d.say("demo", "kept %s", d.dir)
+			d.say("demo", "kept %s (keys, documents, sim.log, agent.log, device state)", d.dir)
 		} else {
 			_ = os.RemoveAll(d.dir)
 		}
@@ -133,7 +149,7 @@ func runDemo(ctx context.Context, out io.Writer, keep bool) (err error) {
 	if err := d.abChapter(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "\nDone: every process is stopped.")
+	fmt.Fprintln(out, "\nChapter 3 is over. Done: every process is stopped (run 'fieldota demo --keep' to keep the keys, documents and logs).")
 	return nil
 }
 
@@ -162,13 +178,39 @@ func (d *demo) startSim(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Throttled so that the download's progress can be watched: 1 MiB/s.
-	cmd := exec.Command(d.self, "sim", "--mqtt", mqttAddr, "--http", httpAddr, "--s3", s3Addr, "--artifacts", artifacts, "--s3-rate", "1048576")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	// The event stream comes over a pipe (fd 3 of the emulator): one JSON line per job event.
+	pr, pw, err := os.Pipe()
+	if err != nil {
 		return err
 	}
+	// Throttled so that the download's progress can be watched (--verbose): 1 MiB/s.
+	cmd := exec.Command(d.self, "sim", "--mqtt", mqttAddr, "--http", httpAddr, "--s3", s3Addr, "--artifacts", artifacts,
+		"--s3-rate", "1048576", "--events", "/dev/fd/3")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = []*os.File{pw}
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return err
+	}
+	pw.Close()
 	d.procs = append(d.procs, cmd)
+	d.events = make(chan jobsim.Event, 1<<14)
+	go func() {
+		defer pr.Close()
+		dec := json.NewDecoder(pr)
+		for {
+			var ev jobsim.Event
+			if err := dec.Decode(&ev); err != nil {
+				close(d.events)
+				return
+			}
+			select {
+			case d.events <- ev:
+			default: // the demo only reads its own jobs' events; never block the emulator
+			}
+		}
+	}()
 	d.api = &jobsim.Client{BaseURL: "http://" + httpAddr}
 	for ctx.Err() == nil {
 		if resp, err := http.Get(d.api.BaseURL + "/jobs/none"); err == nil {
@@ -245,7 +287,7 @@ func (d *demo) signedJob(ctx context.Context, key, name string, content []byte, 
 		if err := os.WriteFile(filepath.Join(d.bucket, n), b, 0o644); err != nil {
 			return err
 		}
-		args = append(args, "--file", p, "--presign", "https://s3.eu-west-1.amazonaws.com/fieldota-demo/"+n)
+		args = append(args, "--file", p, "--presign", "https://s3."+demoRegion+".amazonaws.com/fieldota-demo/"+n)
 		return nil
 	}
 	if err := add(name, content, 0o755); err != nil {
@@ -315,21 +357,28 @@ func (d *demo) createJob(ctx context.Context, id, doc string) error {
 	return nil
 }
 
-// follow prints the execution's changes as the emulator sees them until it is terminal.
+// follow prints one line per transition of the execution (status or stage), from the emulator's
+// event stream, until it is terminal.
 func (d *demo) follow(ctx context.Context, id, want string) error {
 	last := ""
 	for {
-		ex, err := d.api.DescribeJobExecution(ctx, id, d.thing, 0)
-		if err != nil {
-			return err
+		var ev jobsim.Event
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("job %s did not finish: %w", id, ctx.Err())
+		case e, ok := <-d.events:
+			if !ok {
+				return fmt.Errorf("the emulator's event stream ended while job %s ran", id)
+			}
+			ev = e
 		}
-		det := ex.StatusDetails.DetailsMap
-		line := ex.Status
+		if ev.JobID != id || ev.Thing != d.thing || (ev.Kind != jobsim.EventStatus && ev.Kind != jobsim.EventUpdated) {
+			continue
+		}
+		det := ev.StatusDetails
+		line := ev.Status
 		if s := det["stage"]; s != "" {
 			line += " stage=" + s
-		}
-		if p := det["progress"]; p != "" && det["stage"] == "download" {
-			line += " progress=" + p + "%"
 		}
 		if r := det["reason"]; r != "" {
 			line += " reason=" + r
@@ -337,8 +386,10 @@ func (d *demo) follow(ctx context.Context, id, want string) error {
 		if line != last {
 			d.say("job", "%s  %s", id, line)
 			last = line
+		} else if p := det["progress"]; d.verbose && p != "" && det["stage"] == "download" {
+			d.say("job", "%s  … %s%%", id, p)
 		}
-		switch ex.Status {
+		switch ev.Status {
 		case "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED":
 			if o := det["output"]; o != "" {
 				d.say("device", "output: %s", strings.TrimSpace(o))
@@ -346,15 +397,18 @@ func (d *demo) follow(ctx context.Context, id, want string) error {
 			if r := det["detail"]; r != "" {
 				d.say("device", "detail: %s", r)
 			}
-			b, _ := json.MarshalIndent(ex, "          ", "  ")
-			fmt.Fprintf(d.out, "          execution as the emulator sees it:\n          %s\n", b)
-			if ex.Status != want {
-				return fmt.Errorf("job %s ended %s, expected %s", id, ex.Status, want)
+			if d.verbose {
+				ex, err := d.api.DescribeJobExecution(ctx, id, d.thing, 0)
+				if err != nil {
+					return err
+				}
+				b, _ := json.MarshalIndent(ex, "          ", "  ")
+				fmt.Fprintf(d.out, "          execution as the emulator's control API describes it:\n          %s\n", b)
+			}
+			if ev.Status != want {
+				return fmt.Errorf("job %s ended %s, expected %s", id, ev.Status, want)
 			}
 			return nil
-		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
-			return fmt.Errorf("job %s did not finish: %w", id, err)
 		}
 	}
 }

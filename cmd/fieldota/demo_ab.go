@@ -23,7 +23,7 @@ import (
 // Three images: a good one (committed), one whose health check fails (rolled back by the agent),
 // one that never boots (rolled back by the bootloader).
 func (d *demo) abChapter(ctx context.Context) error {
-	fmt.Fprintln(d.out, "\nChapter — A/B slots: try-boot, commit, and two kinds of rollback:")
+	fmt.Fprintln(d.out, "\nChapter 3 — A/B slots on a simulated board: try-boot, commit, and two kinds of rollback:")
 	dir := filepath.Join(d.dir, "ab-device")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -73,7 +73,7 @@ func (d *demo) abChapter(ctx context.Context) error {
 		}
 		doc := filepath.Join(rel, "job.json")
 		if err := d.cli(ctx, "job", "--key", prefix+".key", "--file", p, "--presign",
-			"https://s3.eu-west-1.amazonaws.com/fieldota-demo/rootfs-"+s.version+".img",
+			"https://s3."+demoRegion+".amazonaws.com/fieldota-demo/rootfs-"+s.version+".img",
 			"--target", "slot", "--version", s.version, "--compatible", "demo-board", "--out", doc); err != nil {
 			return err
 		}

@@ -34,6 +34,7 @@ type simServeFlags struct {
 	minute                                   time.Duration
 	s3Rate                                   int64
 	extURL, extID, extCert, extKey, extCA    string
+	events                                   string
 }
 
 func (f *simServeFlags) bind(fs *pflag.FlagSet) {
@@ -52,6 +53,7 @@ func (f *simServeFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&f.extCert, "external-cert", "", "client certificate (PEM) of the emulator on the external broker")
 	fs.StringVar(&f.extKey, "external-key", "", "client key (PEM) of the emulator on the external broker")
 	fs.StringVar(&f.extCA, "external-ca", "", "CA (PEM) of the external broker's server certificate")
+	fs.StringVar(&f.events, "events", "", "also write every job event as a JSON line to this file (e.g. /dev/fd/3): the timeline of every execution, device updates and their statusDetails included")
 }
 
 func newSimCmd() *cobra.Command {
@@ -78,7 +80,7 @@ running emulator's control API (--api).`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runSim(cmd, sf) },
 	}
 	sf.bind(serve.Flags())
-	cmd.AddCommand(serve, newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
+	cmd.AddCommand(serve, newSimFleetCmd(), newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
 		newSimListExecutionsCmd(), newSimCancelCmd(), newSimDeleteCmd())
 	return cmd
 }
@@ -120,7 +122,23 @@ func runSim(cmd *cobra.Command, f simServeFlags) error {
 		defer mu.Unlock()
 		fmt.Fprintf(out, format+"\n", a...)
 	}
-	cfg.OnEvent = func(e jobsim.Event) { say("%s", e) }
+	var events *json.Encoder
+	if f.events != "" {
+		ef, err := os.OpenFile(f.events, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return usageErr(fmt.Errorf("--events: %w", err))
+		}
+		defer ef.Close()
+		events = json.NewEncoder(ef)
+	}
+	cfg.OnEvent = func(e jobsim.Event) {
+		say("%s", e)
+		if events != nil {
+			mu.Lock()
+			_ = events.Encode(e) // a reader that went away must not stop the emulator
+			mu.Unlock()
+		}
+	}
 
 	parent := cmd.Context()
 	if parent == nil {

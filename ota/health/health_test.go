@@ -78,3 +78,16 @@ func TestShutdownIsNotAVerdict(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestSilentFailingCommandHasNoEmptyParentheses: a check that fails without output is reported as
+// "false: exit status 1", not "false: exit status 1 ()" (seen at the end of the demo's detail).
+func TestSilentFailingCommandHasNoEmptyParentheses(t *testing.T) {
+	err := runCommand(context.Background(), 5*time.Second, []string{"false"})
+	if err == nil || err.Error() != "false: exit status 1" {
+		t.Fatalf("got %v", err)
+	}
+	err = runCommand(context.Background(), 5*time.Second, []string{"ls", "/nonexistent-fieldota"})
+	if err == nil || !strings.HasSuffix(err.Error(), ")") || strings.HasSuffix(err.Error(), "()") {
+		t.Fatalf("a command with output lost it: %v", err)
+	}
+}

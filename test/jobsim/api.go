@@ -33,6 +33,7 @@ const (
 	ExcInvalidRequest         = "InvalidRequestException"
 	ExcResourceAlreadyExists  = "ResourceAlreadyExistsException"
 	ExcInvalidStateTransition = "InvalidStateTransitionException"
+	ExcVersionConflict        = "VersionConflictException"
 )
 
 func notFound(format string, a ...any) *APIError {
@@ -47,10 +48,63 @@ func conflict(code, format string, a ...any) *APIError {
 	return &APIError{Status: http.StatusConflict, Code: code, Message: fmt.Sprintf(format, a...)}
 }
 
-// PresignedURLConfig is CreateJob's presignedUrlConfig (roleArn is not modelled). The config types
+// PresignedURLConfig is CreateJob's presignedUrlConfig . The config types
 // are aliases of unnamed structs so that callers may write the literals of the shared API contract.
 type PresignedURLConfig = struct {
-	ExpiresInSec int64 `json:"expiresInSec"`
+	RoleArn      string `json:"roleArn,omitempty"` // kept and shown; the emulator presigns with its own key
+	ExpiresInSec int64  `json:"expiresInSec"`
+}
+
+// RolloutConfig is CreateJob's jobExecutionsRolloutConfig.
+type RolloutConfig struct {
+	MaximumPerMinute int              `json:"maximumPerMinute,omitempty"`
+	ExponentialRate  *ExponentialRate `json:"exponentialRate,omitempty"`
+}
+
+// ExponentialRate is jobExecutionsRolloutConfig.exponentialRate.
+type ExponentialRate struct {
+	BaseRatePerMinute    int                `json:"baseRatePerMinute"`
+	IncrementFactor      float64            `json:"incrementFactor"`
+	RateIncreaseCriteria RateIncreaseCriter `json:"rateIncreaseCriteria"`
+}
+
+// RateIncreaseCriter is exponentialRate.rateIncreaseCriteria: exactly one of the two.
+type RateIncreaseCriter struct {
+	NumberOfNotifiedThings  int `json:"numberOfNotifiedThings,omitempty"`
+	NumberOfSucceededThings int `json:"numberOfSucceededThings,omitempty"`
+}
+
+// AbortCriteria is one entry of abortConfig.criteriaList.
+type AbortCriteria struct {
+	FailureType               string  `json:"failureType"` // FAILED, REJECTED, TIMED_OUT or ALL
+	Action                    string  `json:"action"`      // CANCEL
+	ThresholdPercentage       float64 `json:"thresholdPercentage"`
+	MinNumberOfExecutedThings int     `json:"minNumberOfExecutedThings"`
+}
+
+// AbortConfig is CreateJob's abortConfig.
+type AbortConfig struct {
+	CriteriaList []AbortCriteria `json:"criteriaList"`
+}
+
+// MaintenanceWindow is one of schedulingConfig.maintenanceWindows: a cron expression
+// "cron(min hour day-of-month month day-of-week year)" and a duration.
+type MaintenanceWindow struct {
+	StartTime         string `json:"startTime"`
+	DurationInMinutes int    `json:"durationInMinutes"`
+}
+
+// SchedulingConfig is CreateJob's schedulingConfig; times are "YYYY-MM-DDTHH:MM" (UTC).
+type SchedulingConfig struct {
+	StartTime          string              `json:"startTime,omitempty"`
+	EndTime            string              `json:"endTime,omitempty"`
+	EndBehavior        string              `json:"endBehavior,omitempty"` // STOP_ROLLOUT, CANCEL, FORCE_CANCEL
+	MaintenanceWindows []MaintenanceWindow `json:"maintenanceWindows,omitempty"`
+}
+
+// ScheduledJobRollout is one entry of DescribeJob's scheduledJobRollouts.
+type ScheduledJobRollout struct {
+	StartTime string `json:"startTime"`
 }
 
 // TimeoutConfig is CreateJob's timeoutConfig.
@@ -78,6 +132,11 @@ type CreateJobInput struct {
 	PresignedURLConfig       *PresignedURLConfig `json:"presignedUrlConfig,omitempty"`
 	TimeoutConfig            *TimeoutConfig      `json:"timeoutConfig,omitempty"`
 	JobExecutionsRetryConfig *RetryConfig        `json:"jobExecutionsRetryConfig,omitempty"`
+	// TargetSelection is SNAPSHOT (default) or CONTINUOUS (group targets only).
+	TargetSelection            string            `json:"targetSelection,omitempty"`
+	JobExecutionsRolloutConfig *RolloutConfig    `json:"jobExecutionsRolloutConfig,omitempty"`
+	AbortConfig                *AbortConfig      `json:"abortConfig,omitempty"`
+	SchedulingConfig           *SchedulingConfig `json:"schedulingConfig,omitempty"`
 }
 
 // CreateJobOutput is CreateJob's response.
@@ -94,6 +153,24 @@ type CancelJobInput struct {
 	Comment    string `json:"comment,omitempty"`
 }
 
+// CancelJobExecutionInput is CancelJobExecution's request (force is a query parameter on HTTP).
+type CancelJobExecutionInput struct {
+	Force           bool              `json:"-"`
+	ExpectedVersion int64             `json:"expectedVersion,omitempty"`
+	StatusDetails   map[string]string `json:"statusDetails,omitempty"`
+}
+
+// JobSummary is one entry of ListJobs.
+type JobSummary struct {
+	JobArn          string `json:"jobArn"`
+	JobID           string `json:"jobId"`
+	TargetSelection string `json:"targetSelection"`
+	Status          string `json:"status"`
+	CreatedAt       int64  `json:"createdAt"`
+	LastUpdatedAt   int64  `json:"lastUpdatedAt"`
+	CompletedAt     int64  `json:"completedAt,omitempty"`
+}
+
 // JobProcessDetails counts the latest execution of each target by status.
 type JobProcessDetails struct {
 	NumberOfCanceledThings   int `json:"numberOfCanceledThings"`
@@ -104,26 +181,32 @@ type JobProcessDetails struct {
 	NumberOfInProgressThings int `json:"numberOfInProgressThings"`
 	NumberOfRemovedThings    int `json:"numberOfRemovedThings"`
 	NumberOfTimedOutThings   int `json:"numberOfTimedOutThings"`
+	// ProcessingTargets are the targets (ARNs) still being rolled out.
+	ProcessingTargets []string `json:"processingTargets,omitempty"`
 }
 
 // JobDescription is DescribeJob's "job". Times are epoch seconds.
 type JobDescription struct {
-	JobArn                   string              `json:"jobArn"`
-	JobID                    string              `json:"jobId"`
-	TargetSelection          string              `json:"targetSelection"`
-	Status                   string              `json:"status"`
-	ForceCanceled            bool                `json:"forceCanceled,omitempty"`
-	ReasonCode               string              `json:"reasonCode,omitempty"`
-	Comment                  string              `json:"comment,omitempty"`
-	Targets                  []string            `json:"targets"`
-	Description              string              `json:"description,omitempty"`
-	PresignedURLConfig       *PresignedURLConfig `json:"presignedUrlConfig,omitempty"`
-	TimeoutConfig            *TimeoutConfig      `json:"timeoutConfig,omitempty"`
-	JobExecutionsRetryConfig *RetryConfig        `json:"jobExecutionsRetryConfig,omitempty"`
-	CreatedAt                int64               `json:"createdAt"`
-	LastUpdatedAt            int64               `json:"lastUpdatedAt"`
-	CompletedAt              int64               `json:"completedAt,omitempty"`
-	JobProcessDetails        JobProcessDetails   `json:"jobProcessDetails"`
+	JobArn                     string                `json:"jobArn"`
+	JobID                      string                `json:"jobId"`
+	TargetSelection            string                `json:"targetSelection"`
+	Status                     string                `json:"status"`
+	ForceCanceled              bool                  `json:"forceCanceled,omitempty"`
+	ReasonCode                 string                `json:"reasonCode,omitempty"`
+	Comment                    string                `json:"comment,omitempty"`
+	Targets                    []string              `json:"targets"`
+	Description                string                `json:"description,omitempty"`
+	PresignedURLConfig         *PresignedURLConfig   `json:"presignedUrlConfig,omitempty"`
+	TimeoutConfig              *TimeoutConfig        `json:"timeoutConfig,omitempty"`
+	JobExecutionsRetryConfig   *RetryConfig          `json:"jobExecutionsRetryConfig,omitempty"`
+	JobExecutionsRolloutConfig *RolloutConfig        `json:"jobExecutionsRolloutConfig,omitempty"`
+	AbortConfig                *AbortConfig          `json:"abortConfig,omitempty"`
+	SchedulingConfig           *SchedulingConfig     `json:"schedulingConfig,omitempty"`
+	ScheduledJobRollouts       []ScheduledJobRollout `json:"scheduledJobRollouts,omitempty"`
+	CreatedAt                  int64                 `json:"createdAt"`
+	LastUpdatedAt              int64                 `json:"lastUpdatedAt"`
+	CompletedAt                int64                 `json:"completedAt,omitempty"`
+	JobProcessDetails          JobProcessDetails     `json:"jobProcessDetails"`
 }
 
 // ExecutionStatusDetails is the control plane's statusDetails wrapper.
@@ -165,12 +248,14 @@ type JobExecutionSummaryForJob struct {
 
 // Event is one thing that happened in the Jobs service, for logs and for `fieldota sim`.
 type Event struct {
-	Time            time.Time
-	Kind            string // Event* constants
-	JobID, Thing    string
-	ExecutionNumber int64
-	Status          string
-	Detail          string
+	Time            time.Time         `json:"time"`
+	Kind            string            `json:"kind"` // Event* constants
+	JobID           string            `json:"jobId,omitempty"`
+	Thing           string            `json:"thing,omitempty"`
+	ExecutionNumber int64             `json:"executionNumber,omitempty"`
+	Status          string            `json:"status,omitempty"`
+	Detail          string            `json:"detail,omitempty"`
+	StatusDetails   map[string]string `json:"statusDetails,omitempty"` // the execution's, on status and updated events
 }
 
 func (e Event) String() string {

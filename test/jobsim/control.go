@@ -13,7 +13,7 @@ import (
 func (s *Sim) CreateJob(in CreateJobInput) (CreateJobOutput, error) {
 	// A placeholder that cannot be presigned is refused now rather than at every delivery.
 	if _, err := s.presigner.ExpandPlaceholders(in.Document, 0); err != nil {
-		return CreateJobOutput{}, invalid("document: bad presigned URL placeholder: %v", err)
+		return CreateJobOutput{}, invalid("document: %v", err)
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
@@ -52,13 +52,51 @@ func (s *Sim) DescribeJobExecution(jobID, thing string, executionNumber int64) (
 	return x, nil
 }
 
-// ListJobExecutionsForJob lists the latest execution of each target, by thing name.
+// ListJobExecutionsForJob lists the latest execution of each target, by thing name (every page).
 func (s *Sim) ListJobExecutionsForJob(jobID string) ([]JobExecutionSummaryForJob, error) {
-	l, aerr := s.model.listExecutions(jobID)
-	if aerr != nil {
-		return nil, aerr
+	var all []JobExecutionSummaryForJob
+	in := ListInput{MaxResults: 250}
+	for {
+		l, next, err := s.ListJobExecutionsPage(jobID, in)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, l...)
+		if next == "" {
+			return all, nil
+		}
+		in.NextToken = next
 	}
-	return l, nil
+}
+
+// ListJobExecutionsPage is one page of ListJobExecutionsForJob (status filter, maxResults, nextToken).
+func (s *Sim) ListJobExecutionsPage(jobID string, in ListInput) ([]JobExecutionSummaryForJob, string, error) {
+	l, next, aerr := s.model.listExecutions(jobID, in)
+	if aerr != nil {
+		return nil, "", aerr
+	}
+	return l, next, nil
+}
+
+// ListJobs is one page of ListJobs (status, targetSelection and thingGroupName filters).
+func (s *Sim) ListJobs(in ListInput) ([]JobSummary, string, error) {
+	l, next, aerr := s.model.listJobs(in)
+	if aerr != nil {
+		return nil, "", aerr
+	}
+	return l, next, nil
+}
+
+// CancelJobExecution cancels one thing's execution (IN_PROGRESS only with Force).
+func (s *Sim) CancelJobExecution(jobID, thing string, in CancelJobExecutionInput) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	eff, aerr := s.model.cancelExecution(jobID, thing, in)
+	if aerr != nil {
+		return aerr
+	}
+	s.apply(eff)
+	return nil
 }
 
 // CancelJob cancels the job: QUEUED executions become CANCELED; IN_PROGRESS ones too with Force.
@@ -119,9 +157,30 @@ func (s *Sim) controlHandler() http.Handler {
 		reply(w, map[string]any{"execution": x}, err)
 	})
 	mux.HandleFunc("GET /jobs/{jobId}/things", func(w http.ResponseWriter, r *http.Request) {
-		l, err := s.ListJobExecutionsForJob(r.PathValue("jobId"))
-		reply(w, map[string]any{"executionSummaries": l}, err)
+		in, ok := listInput(w, r)
+		if !ok {
+			return
+		}
+		l, next, err := s.ListJobExecutionsPage(r.PathValue("jobId"), in)
+		reply(w, page(map[string]any{"executionSummaries": l}, next), err)
 	})
+	mux.HandleFunc("GET /jobs", func(w http.ResponseWriter, r *http.Request) {
+		in, ok := listInput(w, r)
+		if !ok {
+			return
+		}
+		l, next, err := s.ListJobs(in)
+		reply(w, page(map[string]any{"jobs": l}, next), err)
+	})
+	mux.HandleFunc("PUT /things/{thingName}/jobs/{jobId}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		var in CancelJobExecutionInput
+		if r.ContentLength != 0 && !readJSON(w, r, &in) {
+			return
+		}
+		in.Force = r.URL.Query().Get("force") == "true"
+		reply(w, map[string]any{}, s.CancelJobExecution(r.PathValue("jobId"), r.PathValue("thingName"), in))
+	})
+	s.registryRoutes(mux)
 	mux.HandleFunc("PUT /jobs/{jobId}/cancel", func(w http.ResponseWriter, r *http.Request) {
 		var in CancelJobInput
 		if r.ContentLength != 0 && !readJSON(w, r, &in) {
@@ -138,6 +197,28 @@ func (s *Sim) controlHandler() http.Handler {
 	})
 	s.certificateRoutes(mux)
 	return mux
+}
+
+func listInput(w http.ResponseWriter, r *http.Request) (ListInput, bool) {
+	q := r.URL.Query()
+	in := ListInput{Status: q.Get("status"), TargetSelection: q.Get("targetSelection"),
+		ThingGroupName: q.Get("thingGroupName"), NextToken: q.Get("nextToken")}
+	if v := q.Get("maxResults"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			reply(w, nil, invalid("maxResults must be an integer"))
+			return in, false
+		}
+		in.MaxResults = n
+	}
+	return in, true
+}
+
+func page(body map[string]any, next string) map[string]any {
+	if next != "" {
+		body["nextToken"] = next
+	}
+	return body
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -1,6 +1,7 @@
 package jobsim
 
 import (
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ const (
 	JobInProgress = "IN_PROGRESS"
 	JobCanceled   = "CANCELED"
 	JobCompleted  = "COMPLETED"
+	JobScheduled  = "SCHEDULED"
 )
 
 // Device-plane error codes, as AWS sends them in the "code" field of a /rejected payload.
@@ -52,6 +54,12 @@ const (
 	EventNotifyNext    = "notify-next" // NextJobExecutionChanged published
 	EventRejected      = "rejected"    // a device request was answered on /rejected (Detail: code and message)
 	EventDeviceRequest = "request"     // a device request was accepted (Detail: the operation)
+	EventNotified      = "rolled-out"  // the rollout released an execution to its device
+	EventJobScheduled  = "job-scheduled"
+	EventJobRollout    = "job-rollout" // a scheduled job started (or resumed) rolling out
+	EventScheduleEnded = "schedule-ended"
+	EventAborted       = "job-aborted" // abortConfig canceled the job
+	EventRemoved       = "removed"     // a continuous job's thing left its group
 )
 
 func isTerminal(status string) bool {
@@ -85,6 +93,8 @@ type execution struct {
 	queueSeq, startSeq             int64
 	stepDeadline, progressDeadline time.Time // zero: no timer
 	forceCanceled                  bool
+	// notified: the rollout released the execution, so its device sees it (rollout.go).
+	notified bool
 }
 
 // deadline is when the execution times out; zero when no timer runs.
@@ -100,7 +110,15 @@ func (e *execution) deadline() time.Time {
 
 type job struct {
 	id, document    string
-	targets         []string // thing names, in the order given
+	targets         []string // thing names, in the order they became targets
+	targetArns      []string // as given: thing and thing group ARNs
+	selection       string   // SNAPSHOT or CONTINUOUS
+	groups          []string // thing groups targeted
+	ro              *rollout
+	abort           []AbortCriteria
+	sched           *schedule
+	unreleased      []*execution // QUEUED executions not yet notified, in rollout order
+	wake            time.Time    // when advance must look at the job again (zero: never)
 	expires         time.Duration
 	progressTimeout int64 // minutes; 0 = none
 	retry           map[string]int
@@ -172,16 +190,18 @@ type effects struct {
 // model is the Jobs service state: pure, lock-protected, no I/O. Every mutating method returns the
 // notifications and events it causes; the caller publishes them.
 type model struct {
-	mu     sync.Mutex
-	now    func() time.Time
-	minute time.Duration
-	jobs   map[string]*job
-	seq    int64
-	order  []*job // creation order; deleted jobs are removed
+	mu      sync.Mutex
+	members func(group string) ([]string, error) // the registry's view of a thing group
+	now     func() time.Time
+	minute  time.Duration
+	jobs    map[string]*job
+	seq     int64
+	order   []*job // creation order; deleted jobs are removed
 }
 
 func newModel(now func() time.Time, minute time.Duration) *model {
-	return &model{now: now, minute: minute, jobs: map[string]*job{}}
+	return &model{now: now, minute: minute, jobs: map[string]*job{},
+		members: func(g string) ([]string, error) { return nil, errors.New("no thing registry") }}
 }
 
 func (m *model) next() int64 { m.seq++; return m.seq }
@@ -191,7 +211,7 @@ func (m *model) next() int64 { m.seq++; return m.seq }
 func (m *model) pending(thing string) []*execution {
 	var l []*execution
 	for _, j := range m.order {
-		if e := j.latest(thing); e != nil && (e.status == StatusQueued || e.status == StatusInProgress) {
+		if e := j.latest(thing); e != nil && e.notified && (e.status == StatusQueued || e.status == StatusInProgress) {
 			l = append(l, e)
 		}
 	}
@@ -297,6 +317,9 @@ func (m *model) event(eff *effects, kind string, e *execution, detail string) {
 	ev := Event{Time: m.now(), Kind: kind, Detail: detail}
 	if e != nil {
 		ev.JobID, ev.Thing, ev.ExecutionNumber, ev.Status = e.job.id, e.thing, e.number, e.status
+		if (kind == EventStatus || kind == EventUpdated) && len(e.details) > 0 {
+			ev.StatusDetails = snap(e).Details // a copy: the event outlives the lock
+		}
 	}
 	eff.events = append(eff.events, ev)
 }
@@ -487,13 +510,17 @@ func (m *model) update(thing, jobID string, r updateReq) (execSnap, effects, *de
 func (m *model) finish(e *execution, eff *effects) {
 	e.stepDeadline, e.progressDeadline = time.Time{}, time.Time{}
 	j := e.job
-	if (e.status == StatusFailed || e.status == StatusTimedOut) && j.status == JobInProgress && m.retryAllowed(j, e.thing, e.status) {
+	if m.checkAbort(j, eff) {
+		return
+	}
+	if (e.status == StatusFailed || e.status == StatusTimedOut) && (j.status == JobInProgress || j.status == JobScheduled) && m.retryAllowed(j, e.thing, e.status) {
 		now := m.now()
 		r := &execution{job: j, thing: e.thing, number: e.number + 1, status: StatusQueued, queuedAt: now,
-			updated: now, version: 1, queueSeq: m.next()}
+			updated: now, version: 1, queueSeq: m.next(), notified: true}
 		j.execs[e.thing] = append(j.execs[e.thing], r)
 		m.event(eff, EventRetryQueued, r, "retry after "+e.status)
 	}
+	m.advance(j, eff) // a success or a notification may raise an exponential rate
 	m.refreshJob(j, eff)
 }
 
@@ -524,7 +551,7 @@ func (m *model) retryAllowed(j *job, thing, status string) bool {
 }
 
 func (m *model) refreshJob(j *job, eff *effects) {
-	if j.status != JobInProgress {
+	if j.status != JobInProgress || j.selection == "CONTINUOUS" { // a continuous job never completes
 		return
 	}
 	for _, l := range j.execs {
@@ -543,6 +570,9 @@ func (m *model) nextDeadline() time.Time {
 	defer m.mu.Unlock()
 	var d time.Time
 	for _, j := range m.order {
+		if !j.wake.IsZero() && (d.IsZero() || j.wake.Before(d)) {
+			d = j.wake
+		}
 		for _, l := range j.execs {
 			e := l[len(l)-1]
 			if e.status != StatusInProgress {
@@ -562,6 +592,11 @@ func (m *model) tick() effects {
 	defer m.mu.Unlock()
 	var eff effects
 	now := m.now()
+	for _, j := range m.order {
+		if !j.wake.IsZero() && !now.Before(j.wake) {
+			m.advance(j, &eff)
+		}
+	}
 	for _, j := range m.order {
 		things := make([]string, 0, len(j.execs))
 		for t := range j.execs {

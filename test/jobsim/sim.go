@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/test/jobsim/certs"
+	"github.com/fieldota/fieldota/test/jobsim/registry"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
 )
 
@@ -64,6 +65,7 @@ type Sim struct {
 	log       *slog.Logger
 	now       func() time.Time
 	model     *model
+	registry  *registry.Registry
 	presigner *s3.Presigner
 	artifacts *s3.Server
 	certs     *certs.Authority // CreateCertificateFromCsr's CA (certificates.go)
@@ -110,6 +112,9 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	if s.certs, err = certs.New(Region, Account, cfg.Now); err != nil {
 		return nil, err
 	}
+	s.registry = registry.New()
+	s.model.members = s.registry.Members
+	s.registry.OnMembership = s.onMembership
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, err
@@ -290,8 +295,19 @@ func (s *Sim) deliver(out []outMsg, events []Event) {
 	}
 }
 
-// FireTimers times out every execution whose timer has expired by Config.Now. Timers fire by
-// themselves on the real clock; a test that moves an injected clock calls this after moving it.
+// onMembership follows a registry change into the continuous jobs (outside the registry's lock).
+func (s *Sim) onMembership(group, thing string, added bool) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.apply(s.model.membership(group, thing, added))
+}
+
+// Registry is the thing registry (things and thing groups).
+func (s *Sim) Registry() *registry.Registry { return s.registry }
+
+// FireTimers times out every execution whose timer has expired by Config.Now and moves rollouts and
+// schedules on. Timers fire by themselves on the real clock; a test that moves an injected clock
+// calls this after moving it.
 func (s *Sim) FireTimers() {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()

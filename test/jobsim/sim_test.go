@@ -601,3 +601,66 @@ func TestArtifactServerOverTLS(t *testing.T) {
 		t.Fatalf("GET %s: %d %q", u, resp.StatusCode, body)
 	}
 }
+
+// TestCreateJobRefusesAnUnterminatedPlaceholder: a placeholder without its closing brace used to
+// be accepted, swallowed the rest of the document up to the next '}', and made every delivery an
+// InternalError (notify-next silently unsent), leaving the device's queue stuck. AWS refuses it
+// at CreateJob; so does the emulator, naming the placeholder.
+func TestCreateJobRefusesAnUnterminatedPlaceholder(t *testing.T) {
+	s := startSim(t, Config{})
+	for name, doc := range map[string]string{
+		"v1, brace of a later object": `{"files":{"url":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/bucket/fw.bin","size":1}}`,
+		"v2, brace of a later object": `{"files":{"url":"${aws:iot:s3-presigned-url-v2:https%3A%2F%2Fs3.us-east-1.amazonaws.com%2Fbucket%2Ffw.bin","size":1}}`,
+		"no kind separator":           `{"files":{"url":"${aws:iot:s3-presigned-url","size":1}}`,
+		"space inside":                `{"files":{"url":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/bucket/fw .bin}"}}`,
+	} {
+		_, err := s.CreateJob(CreateJobInput{JobID: "j", Targets: []string{"dev1"}, Document: doc})
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != 400 || ae.Code != ExcInvalidRequest || !strings.Contains(ae.Message, "placeholder") {
+			t.Errorf("%s: CreateJob answered %v, want InvalidRequestException naming the placeholder", name, err)
+		}
+	}
+	if _, err := s.DescribeJob("j"); err == nil {
+		t.Fatal("a refused job exists")
+	}
+}
+
+// TestScheduledJobReachesDevicesOnlyInItsWindow: over MQTT, devices hear nothing of a scheduled job
+// (no notify-next, an empty $next, an empty pending list) until its maintenance window opens;
+// then every one of them gets notify-next with the job.
+func TestScheduledJobReachesDevicesOnlyInItsWindow(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC).Unix())
+	now := func() time.Time { return time.Unix(clock.Load(), 0) }
+	s := startSim(t, Config{Now: now})
+	var devs []*device
+	for _, th := range []string{"dev1", "dev2", "dev3"} {
+		devs = append(devs, connectDevice(t, s.MQTTURL(), th, devOpts{subscribe: true}))
+	}
+	mustCreate(t, s, CreateJobInput{JobID: "night", Targets: []string{"dev1", "dev2", "dev3"},
+		SchedulingConfig: &SchedulingConfig{MaintenanceWindows: []MaintenanceWindow{{StartTime: "cron(0 2 * * ? *)", DurationInMinutes: 30}}}})
+	for _, at := range []time.Duration{0, time.Hour, 119 * time.Minute} {
+		clock.Store(time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC).Add(at).Unix())
+		s.FireTimers()
+		for _, d := range devs {
+			d.quiet(d.jobs("notify-next"), 50*time.Millisecond)
+			if x := d.accepted("$next/get", map[string]any{}); x["execution"] != nil {
+				t.Fatalf("%s at +%v: $next is %v", d.thing, at, x["execution"])
+			}
+		}
+	}
+	if j, _ := s.DescribeJob("night"); j.Status != JobScheduled {
+		t.Fatalf("job before its window: %s", j.Status)
+	}
+	clock.Store(time.Date(2027, 3, 1, 2, 0, 0, 0, time.UTC).Unix())
+	s.FireTimers()
+	for _, d := range devs {
+		n := d.expect(d.jobs("notify-next"))
+		if field(n.body, "execution", "jobId") != "night" {
+			t.Fatalf("%s in the window: %s", d.thing, n.raw)
+		}
+	}
+	if j, _ := s.DescribeJob("night"); j.Status != JobInProgress {
+		t.Fatalf("job in its window: %s", j.Status)
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fieldota/fieldota/ota/durable"
@@ -60,9 +59,10 @@ type Request struct {
 	Cut     bool  // the connection was dropped on purpose
 }
 
-// Server serves objects from a directory through presigned URLs, like S3 behind a presigned GET:
-// GET and HEAD of /<bucket>/<key> from dir/<bucket>/<key>, strong ETag, single Range, If-Range,
-// S3-shaped XML errors, and fault injection. It is an http.Handler; TLS is the listener's business
+// Server is S3 for the emulator, path-style only: CreateBucket, HeadBucket, Put/GetBucketVersioning,
+// PutObject (single part, aws-chunked bodies included), GetObject and HeadObject (by versionId
+// too) with strong ETag, single Range and If-Range, ListObjectsV2, S3-shaped XML errors, SigV4
+// authentication (headers or presigned query strings), and fault injection on GET. It is an http.Handler; TLS is the listener's business
 // (httptest.NewTLSServer, http.Server.ServeTLS).
 type Server struct {
 	dir string
@@ -76,6 +76,7 @@ type Server struct {
 	log       []Request
 	etags     map[fileID]string
 	inFlight  int
+	buckets   map[string]*bucket
 }
 
 type artifact struct {
@@ -93,9 +94,9 @@ type fileID struct {
 
 const maxLog = 10000 // the emulator may run for days; keep the request log bounded
 
-// NewServer serves GET/HEAD /<bucket>/<key> from dir/<bucket>/<key> after p.Check.
+// NewServer serves the buckets under dir (dir/<bucket>/<key>); p mints and checks its own presigned URLs.
 func NewServer(dir string, p *Presigner) *Server {
-	return &Server{dir: dir, p: p, arts: map[string]*artifact{}, etags: map[fileID]string{}}
+	return &Server{dir: dir, p: p, arts: map[string]*artifact{}, etags: map[fileID]string{}, buckets: map[string]*bucket{}}
 }
 
 // SetFaults sets the faults of one object ("bucket/key"), replacing earlier ones and their counters.
@@ -188,58 +189,134 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.record(rec)
 	}()
-
 	w.Header().Set("X-Amz-Request-Id", fmt.Sprintf("FIELDOTA%08d", rec.N))
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		s3Error(fw, http.StatusMethodNotAllowed, "MethodNotAllowed", "The specified method is not allowed against this resource.", rec.N)
-		return
-	}
-	obj, err := s.p.Check(r.URL)
-	if err != nil {
-		msg := "Request has expired"
-		if !errors.Is(err, ErrURLExpired) {
-			msg = "The request signature we calculated does not match the signature you provided."
-		}
-		s3Error(fw, http.StatusForbidden, "AccessDenied", msg, rec.N)
-		return
-	}
-	rec.Object = obj
 
-	f := s.faultsFor(obj, rec.N, r, onReq)
+	bucketName, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	if bucketName == "" || strings.HasPrefix(bucketName, ".") {
+		s3Error(fw, http.StatusBadRequest, "InvalidBucketName", "The specified bucket is not valid.", rec.N)
+		return
+	}
+	own, err := s.authenticate(r)
+	if err != nil {
+		code, status := "AccessDenied", http.StatusForbidden
+		switch {
+		case errors.Is(err, errSkewed):
+			code = "RequestTimeTooSkewed"
+		case errors.Is(err, ErrURLSignature) && own:
+			code = "SignatureDoesNotMatch"
+		}
+		msg := err.Error()
+		if errors.Is(err, ErrURLExpired) {
+			msg = "Request has expired"
+		}
+		s3Error(fw, status, code, msg, rec.N)
+		return
+	}
+	q := r.URL.Query()
+	switch {
+	case key == "" && r.Method == http.MethodPut && q.Has("versioning"):
+		s.putBucketVersioning(fw, r, bucketName, rec.N)
+	case key == "" && r.Method == http.MethodGet && q.Has("versioning"):
+		s.getBucketVersioning(fw, bucketName, rec.N)
+	case key == "" && r.Method == http.MethodPut:
+		s.createBucketHandler(fw, bucketName, rec.N)
+	case key == "" && r.Method == http.MethodHead:
+		if _, ok := s.versioning(bucketName); !ok {
+			s3Error(fw, http.StatusNotFound, "NoSuchBucket", "The specified bucket does not exist.", rec.N)
+			return
+		}
+		fw.WriteHeader(http.StatusOK)
+	case key == "" && r.Method == http.MethodGet && q.Get("list-type") == "2":
+		s.listObjectsV2(fw, r, bucketName, rec.N)
+	case key == "":
+		s3Error(fw, http.StatusNotImplemented, "NotImplemented", "The emulator does not implement this bucket operation.", rec.N)
+	case r.Method == http.MethodPut:
+		s.putObjectHandler(fw, r, bucketName, key, rec.N)
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		rec.Object = bucketName + "/" + key
+		s.getObject(fw, r, rec.Object, rec.N, onReq)
+	default:
+		w.Header().Set("Allow", "GET, HEAD, PUT")
+		s3Error(fw, http.StatusMethodNotAllowed, "MethodNotAllowed", "The specified method is not allowed against this resource.", rec.N)
+	}
+}
+
+// authenticate checks SigV4: a presigned query string (the emulator's own are verified exactly:
+// own reports that) or an Authorization header, each for shape and expiry. Anonymous requests
+// are refused, as on a private bucket.
+func (s *Server) authenticate(r *http.Request) (own bool, err error) {
+	q := r.URL.Query()
+	if q.Has(ParamAlgorithm) || q.Has(ParamSignature) {
+		qa, err := parseQueryAuth(q)
+		if err != nil {
+			return false, fmt.Errorf("%w: %v", ErrURLSignature, err)
+		}
+		if qa.cred.keyID == s.p.keyID() {
+			u := *r.URL
+			u.Host = r.Host
+			method := r.Method
+			if method == http.MethodHead {
+				method = http.MethodGet // a presigned GET also answers HEAD here (see docs/emulator.md)
+			}
+			_, err := s.p.check(method, &u)
+			return true, err
+		}
+		if !s.p.now().Before(qa.date.Add(qa.expires)) {
+			return false, ErrURLExpired
+		}
+		return false, nil
+	}
+	if r.Header.Get("Authorization") != "" {
+		_, err := parseHeaderAuth(r.Header, s.p.now())
+		return false, err
+	}
+	return false, errors.New("Access Denied")
+}
+
+// getObject is GetObject/HeadObject, by versionId when the query names one.
+func (s *Server) getObject(fw *faultWriter, r *http.Request, obj string, n int, onReq func(int, *http.Request) Faults) {
+	w := fw.ResponseWriter
+	f := s.faultsFor(obj, n, r, onReq)
 	fw.srv, fw.obj, fw.f = s, obj, f
 	if f.Status != 0 {
 		if f.RetryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int((f.RetryAfter+time.Second-1)/time.Second)))
 		}
 		code, msg := errorCode(f.Status)
-		s3Error(fw, f.Status, code, msg, rec.N)
+		s3Error(fw, f.Status, code, msg, n)
 		return
 	}
-
-	path, ok := s.objectFile(obj)
-	if !ok {
-		s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", rec.N)
+	versionID := r.URL.Query().Get("versionId")
+	path, v, err := s.resolve(obj, versionID)
+	switch {
+	case errors.Is(err, errNoSuchBucket):
+		s3Error(fw, http.StatusNotFound, "NoSuchBucket", "The specified bucket does not exist.", n)
+		return
+	case errors.Is(err, errNoSuchVersion):
+		s3Error(fw, http.StatusNotFound, "NoSuchVersion", "The specified version does not exist.", n)
+		return
+	case err != nil:
+		s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", n)
 		return
 	}
 	file, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", rec.N)
+			s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", n)
 			return
 		}
-		s3Error(fw, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.", rec.N)
+		s3Error(fw, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.", n)
 		return
 	}
 	defer file.Close()
 	fi, err := file.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", rec.N)
+		s3Error(fw, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.", n)
 		return
 	}
 	etag, err := s.etag(file, fi)
 	if err != nil {
-		s3Error(fw, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.", rec.N)
+		s3Error(fw, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.", n)
 		return
 	}
 	// S3 serves a single range; a multi-range request gets the whole object, as S3 does.
@@ -249,8 +326,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.IgnoreIfRange {
 		r.Header.Del("If-Range")
 	}
+	ctype := "binary/octet-stream" // S3's default; also stops ServeContent sniffing
+	if v != nil {
+		w.Header().Set("X-Amz-Version-Id", v.id)
+		for k, val := range v.meta {
+			w.Header().Set("X-Amz-Meta-"+k, val)
+		}
+		if v.ctype != "" {
+			ctype = v.ctype
+		}
+	}
 	w.Header().Set("ETag", etag)
-	w.Header().Set("Content-Type", "binary/octet-stream") // S3's default; also stops ServeContent sniffing
+	w.Header().Set("Content-Type", ctype)
 	http.ServeContent(fw, r, "", fi.ModTime(), file)
 }
 
@@ -373,10 +460,7 @@ func (s *Server) objectFile(obj string) (string, bool) {
 // etag is S3's ETag for a single-part upload: the quoted hex MD5 of the content, cached per file
 // identity so that a 1 GiB object is hashed once, and a replaced object gets a new one.
 func (s *Server) etag(f *os.File, fi os.FileInfo) (string, error) {
-	id := fileID{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		id.dev, id.ino = uint64(st.Dev), st.Ino
-	}
+	id := fileIdentity(fi)
 	s.mu.Lock()
 	e, ok := s.etags[id]
 	s.mu.Unlock()
