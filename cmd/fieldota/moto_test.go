@@ -121,7 +121,7 @@ func TestReleaseAndStatusAgainstMotoServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	args := []string{"release", "--key", key + ".key", "--file", file, "--target", "binary", "--version", "2.0.0",
+	args := []string{"release", "--key", key + ".key", "--file", file, "--target", "binary", "--binary", "app", "--version", "2.0.0",
 		"--bucket", "releases", "--job-id", "fw-moto", "--thing", "dev-0001", "--thing-group", "fleet",
 		"--role-arn", "arn:aws:iam::123456789012:role/iot-s3-presign", "--max-per-minute", "5", "--abort", "FAILED:20:5",
 		"--endpoint-url", endpoint}

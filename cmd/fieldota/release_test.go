@@ -138,7 +138,7 @@ func (e *rolloutEnv) payload(t *testing.T, content string) string {
 }
 
 func (e *rolloutEnv) releaseArgs(file, jobID string, extra ...string) []string {
-	return append([]string{"release", "--key", e.key + ".key", "--file", file, "--target", "binary", "--version", "2.0.0",
+	return append([]string{"release", "--key", e.key + ".key", "--file", file, "--target", "binary", "--binary", "app", "--version", "2.0.0",
 		"--bucket", "releases", "--job-id", jobID, "--thing-group", "fleet",
 		"--role-arn", "arn:aws:iam::123456789012:role/iot-s3-presign", "--url-expires", "600",
 		"--endpoint-url", e.sim.HTTPURL(), "--s3-endpoint-url", e.sim.S3URL()}, extra...)

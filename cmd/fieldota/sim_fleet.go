@@ -39,7 +39,7 @@ connection (--broker), and creates the versioned bucket --bucket in its S3. Each
 --fail-every K every K-th device has a health check that never passes, so it rolls back and
 reports FAILED HEALTH_CHECK_FAILED. Then release to the group and watch it, for example:
 
-  fieldota release --key release.key --file app --target binary --version 2.0.0 \
+  fieldota release --key release.key --file app --target binary --binary app --version 2.0.0 \
     --bucket fleet --job-id fw-2 --thing-group fleet --exponential 50:2:succeeded=50 \
     --abort FAILED:20:10 --endpoint-url http://127.0.0.1:8080 --s3-endpoint-url http://127.0.0.1:8081
   fieldota rollout status fw-2 --watch --endpoint-url http://127.0.0.1:8080

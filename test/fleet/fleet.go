@@ -89,6 +89,7 @@ progress_min_interval = "1h"
 keys = [%q]
 [download]
 allow_insecure_http = true   # the emulator's S3 is plain http on loopback
+allowed_hosts = ["127.0.0.1"] # …and the only host payloads may come from
 [swap]
 target = %q
 restart = ["true"]
@@ -99,9 +100,6 @@ commands = %s
 timeout = "300ms"
 interval = "50ms"
 `, o.Name(i), filepath.Join(dir, "state"), o.MQTT, o.ReleaseKey, target, health)
-	// The download host allowlist: when the agent gains download.allowed_hosts (default: AWS's S3
-	// endpoints), the [download] table above takes one more line:
-	//   allowed_hosts = [%q]   (with o.S3Host, the emulator's S3)
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return nil, err
 	}

@@ -144,7 +144,7 @@ func run(ctx context.Context, devices, failEvery int) (string, error) {
 	if err := os.WriteFile(payload, []byte("#!/bin/true\nrelease 2.0.0\n"), 0o755); err != nil {
 		return "", err
 	}
-	rel := exec.CommandContext(ctx, bin, "release", "--key", key+".key", "--file", payload, "--target", "binary",
+	rel := exec.CommandContext(ctx, bin, "release", "--key", key+".key", "--file", payload, "--target", "binary", "--binary", "app",
 		"--version", "2.0.0", "--bucket", "fleet-releases", "--job-id", "fleet-2-0-0", "--thing-group", "fleet",
 		"--role-arn", "arn:aws:iam::123456789012:role/iot-s3-presign",
 		"--exponential", "100:2:succeeded=100", "--abort", "FAILED:20:100",
