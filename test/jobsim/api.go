@@ -78,6 +78,8 @@ type CreateJobInput struct {
 	PresignedURLConfig       *PresignedURLConfig `json:"presignedUrlConfig,omitempty"`
 	TimeoutConfig            *TimeoutConfig      `json:"timeoutConfig,omitempty"`
 	JobExecutionsRetryConfig *RetryConfig        `json:"jobExecutionsRetryConfig,omitempty"`
+	// DestinationPackageVersions are package version ARNs written into $package at SUCCEEDED.
+	DestinationPackageVersions []string `json:"destinationPackageVersions,omitempty"`
 }
 
 // CreateJobOutput is CreateJob's response.
