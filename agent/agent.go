@@ -34,6 +34,12 @@ type Agent struct {
 
 	wake chan struct{} // a (re)connect or notify-next: look at $next again
 
+	inv    *inventory     // the $package reporter (inventory.go)
+	cmds   *commander     // AWS IoT Commands (commands.go)
+	jobMu  sync.Mutex     // one job or command journal runs at a time
+	bg     sync.WaitGroup // the reporter's and the commands' goroutines
+	runCtx context.Context
+
 	mu      sync.Mutex
 	running string           // job id of the job in progress, "" when idle
 	recheck chan struct{}    // notify-next while a job runs: is it still ours?
@@ -76,6 +82,7 @@ func New(o Options) *Agent {
 	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log}
 	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
 	a.machine.Handlers = a.handlers()
+	a.inv, a.cmds = newInventory(a), newCommander(a)
 	return a
 }
 
@@ -85,6 +92,7 @@ func (a *Agent) Wake() {
 	case a.wake <- struct{}{}:
 	default:
 	}
+	a.inv.Kick()
 }
 
 // NotifyNext handles a notify-next event: a hint to look again, and while a job runs, a sign
@@ -112,6 +120,7 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	if err := a.cfg.EnsureStateDir(); err != nil {
 		return err
 	}
+	defer a.startDeviceManagement(ctx, api)()
 	// A kill inside a durable write leaves its temp file behind; nothing else can own it.
 	if _, err := durable.RemoveTemps(a.cfg.StateDir); err != nil {
 		return err
@@ -152,6 +161,8 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 // serveNext runs pending jobs one after the other until none is left. A journal left by a job
 // that stopped on an error (a full disk, say) is resumed first, never overwritten by a new start.
 func (a *Agent) serveNext(ctx context.Context) error {
+	a.jobMu.Lock()
+	defer a.jobMu.Unlock()
 	for {
 		switch j, err := a.store.Load(); {
 		case err == nil:
@@ -223,6 +234,7 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	}
 	if err == nil {
 		a.markDone(j.JobID, j.ExecutionNumber)
+		a.inv.Kick() // a commit, a rollback or a fallback: $package tells it
 	}
 	return err
 }

@@ -324,6 +324,9 @@ func (a *Agent) report(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 		// Cannot happen through the table; report INTERNAL rather than leave the job hanging.
 		ota.Fail(j, reason.Errorf(reason.Internal, "no report recorded"), nil)
 	}
+	if isCommand(j) {
+		return a.finishCommand(ctx, j)
+	}
 	if err := a.upd.terminal(ctx, j); err != nil {
 		return "", err
 	}

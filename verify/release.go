@@ -43,6 +43,7 @@ type Release struct {
 	AutoStart           bool
 	AutoStartRerunnable bool
 	Binary              string // target binary: the managed binary's name ("" = the device's own, unsigned releases only)
+	Package             string // the `$package` name it is reported under ("" = the device's configured name)
 }
 
 // File is one file of a release.

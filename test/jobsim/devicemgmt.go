@@ -25,6 +25,14 @@ const (
 	commandsFilter = "$aws/commands/things/+/executions/+/response/json"
 )
 
+// EventShadow is a shadow written (Detail: "<name> <reported state as JSON>").
+const EventShadow = "shadow-updated"
+
+func (s *Sim) shadowEvent(thing, name string) Event {
+	d, _ := s.dm.shadows.Get(thing, name)
+	return Event{Time: s.now(), Kind: EventShadow, Thing: thing, Detail: name + " " + string(marshal(d.Reported))}
+}
+
 type deviceManagement struct {
 	shadows  *shadow.Service
 	catalog  *packages.Catalog
@@ -68,10 +76,18 @@ func (s *Sim) s3Handler() http.Handler {
 // onDeviceManagement answers a device publish on a shadow or Commands topic.
 func (s *Sim) onDeviceManagement(topic string, payload []byte) {
 	var out []outMsg
+	var events []Event
 	switch {
 	case shadow.IsRequest(topic):
 		for _, m := range s.dm.shadows.Handle(topic, payload) {
 			out = append(out, outMsg{thing: m.Thing, topic: m.Topic, payload: m.Payload, reply: m.Reply})
+			if thing, name, ok := strings.Cut(strings.TrimPrefix(m.Topic, "$aws/things/"), "/shadow/"); ok && strings.HasSuffix(m.Topic, "/update/accepted") {
+				name = strings.TrimSuffix(strings.TrimPrefix(name, "name/"), "/update/accepted")
+				if name == "update/accepted" {
+					name = ""
+				}
+				events = append(events, s.shadowEvent(thing, name))
+			}
 		}
 	case commands.IsResponse(topic):
 		for _, m := range s.dm.commands.Handle(topic, payload) {
@@ -82,7 +98,7 @@ func (s *Sim) onDeviceManagement(topic string, payload []byte) {
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	s.deliver(out, nil)
+	s.deliver(out, events)
 }
 
 // prepareDocument resolves a new job's destinationPackageVersions and package placeholders.
@@ -115,8 +131,9 @@ func (s *Sim) rememberDestinations(jobID string, dest []packages.Destination) {
 
 // packageShadowWrites is what Jobs writes into `$package` for the executions that reached
 // SUCCEEDED among events, when versionUpdateByJobsConfig is enabled.
-func (s *Sim) packageShadowWrites(events []Event) []outMsg {
+func (s *Sim) packageShadowWrites(events []Event) ([]outMsg, []Event) {
 	var out []outMsg
+	var written []Event
 	for _, ev := range events {
 		if ev.Kind != EventStatus || ev.Status != StatusSucceeded {
 			continue
@@ -137,8 +154,9 @@ func (s *Sim) packageShadowWrites(events []Event) []outMsg {
 				out = append(out, outMsg{thing: m.Thing, topic: m.Topic, payload: m.Payload})
 			}
 		}
+		written = append(written, s.shadowEvent(ev.Thing, shadow.PackageShadow))
 	}
-	return out
+	return out, written
 }
 
 // expandUploads turns the upload placeholders of a delivered document into this execution's URLs.
@@ -163,7 +181,7 @@ func (s *Sim) UpdateThingShadow(thing, name string, payload []byte) error {
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	s.deliver(out, nil)
+	s.deliver(out, []Event{s.shadowEvent(thing, name)})
 	return nil
 }
 

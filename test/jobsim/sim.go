@@ -276,7 +276,8 @@ func (s *Sim) apply(eff effects) {
 // deliver reports the events, then publishes the messages: whoever watches OnEvent has seen an
 // operation before the device hears its answer.
 func (s *Sim) deliver(out []outMsg, events []Event) {
-	out = append(out, s.packageShadowWrites(events)...)
+	more, written := s.packageShadowWrites(events)
+	out, events = append(out, more...), append(events, written...)
 	for _, ev := range events {
 		s.log.Debug("job event", "event", ev.String())
 		if s.cfg.OnEvent != nil {

@@ -48,9 +48,13 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
-func validation(f string, a ...any) *Error { return &Error{"ValidationException", fmt.Sprintf(f, a...)} }
-func notFound(f string, a ...any) *Error   { return &Error{"ResourceNotFoundException", fmt.Sprintf(f, a...)} }
-func conflict(f string, a ...any) *Error   { return &Error{"ConflictException", fmt.Sprintf(f, a...)} }
+func validation(f string, a ...any) *Error {
+	return &Error{"ValidationException", fmt.Sprintf(f, a...)}
+}
+func notFound(f string, a ...any) *Error {
+	return &Error{"ResourceNotFoundException", fmt.Sprintf(f, a...)}
+}
+func conflict(f string, a ...any) *Error { return &Error{"ConflictException", fmt.Sprintf(f, a...)} }
 
 // S3Location is a version's artifact.
 type S3Location struct {
