@@ -168,6 +168,7 @@ func TestSlotSucceededWithDestinationPackageVersionsThenRollbackCommandRestoresT
 		t.Fatalf("a restart with nothing changed wrote $package: version %d → %d, %d writes", before, after, r.agent.inv.writes.Load())
 	}
 
+	r.h.waitFor("the journal to go", func() bool { _, err := os.Stat(r.h.cfg.StateDir + "/journal.json"); return err != nil })
 	id := r.h.command(`{"command":"rollback"}`)
 	r.rebootAndBoot()
 	ex := r.h.waitCommand(id, true)
@@ -201,6 +202,7 @@ func TestHealthCheckRollbackNeverShowsTheFailedVersionInPackage(t *testing.T) {
 	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["rolledBack"] != "true" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
+	r.h.waitFor("the journal to go", func() bool { _, err := os.Stat(r.h.cfg.StateDir + "/journal.json"); return err != nil })
 	id := r.h.command(`{"command":"report-inventory"}`)
 	if ex := r.h.waitCommand(id, true); ex.Status != commands.Succeeded {
 		t.Fatalf("report-inventory: %+v", ex)
