@@ -134,6 +134,9 @@ func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
 func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
 	j := &ota.Journal{JobID: exec.JobID, ExecutionNumber: exec.ExecutionNumber, VersionNumber: exec.VersionNumber}
 	a.log.Info("job received", "job", exec.JobID, "execution", exec.ExecutionNumber, "status", exec.Status)
+	if tpl, ok, err := parseTemplate(exec.JobDocument); ok {
+		return a.startTemplate(ctx, exec, tpl, err) // AWS's managed templates (templates.go)
+	}
 	jb, err := a.admit(exec.JobDocument)
 	if err != nil {
 		status := jobs.Rejected

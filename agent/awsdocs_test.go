@@ -80,7 +80,7 @@ func TestCreateOTAUpdateDocumentIsRefusedWhereNotConfigured(t *testing.T) {
 		setup      func(h *harness)
 		doc        func(h *harness, fw []byte) string
 	}{
-		{"statement required", "UNSIGNED", func(h *harness) { h.cfg.AFROTA.Target, h.cfg.AFROTA.WorkingDirectory = "files", h.appRoot + "/ota" }, nil},
+		{"statement required", "UNSIGNED", func(h *harness) { h.cfg.AFROTA.Target, h.cfg.AFROTA.WorkingDirectory = "files", h.appRoot+"/ota" }, nil},
 		{"afr_ota off", "UNSUPPORTED_OPERATION", func(h *harness) { h.cfg.Verify.RequireReleaseStatement = off() }, nil},
 		{"mqtt stream", "INVALID_DOCUMENT", func(h *harness) {
 			h.cfg.Verify.RequireReleaseStatement = off()
