@@ -34,6 +34,7 @@ type Agent struct {
 
 	wake chan struct{} // a (re)connect or notify-next: look at $next again
 
+	jobLog *jobLog        // what is logged while a job runs, for uploadLogs (uploads.go)
 	inv    *inventory     // the $package reporter (inventory.go)
 	cmds   *commander     // AWS IoT Commands (commands.go)
 	jobMu  sync.Mutex     // one job or command journal runs at a time
@@ -68,12 +69,14 @@ func New(o Options) *Agent {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	jl := &jobLog{}
+	log = slog.New(teeHandler{main: log.Handler(), log: slog.NewTextHandler(jl, nil)})
 	now := o.Now
 	if now == nil {
 		now = time.Now
 	}
 	a := &Agent{
-		cfg: o.Config, trust: o.Trust, log: log, now: now, retryWait: time.Second,
+		cfg: o.Config, trust: o.Trust, log: log, jobLog: jl, now: now, retryWait: time.Second,
 		store:   &ota.Store{Dir: o.Config.StateDir, Now: now},
 		wake:    make(chan struct{}, 1),
 		recheck: make(chan struct{}, 1),
@@ -216,6 +219,7 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	a.mu.Lock()
 	a.running = j.JobID
 	a.mu.Unlock()
+	a.jobLog.reset(true)
 	defer func() {
 		a.mu.Lock()
 		a.running = ""

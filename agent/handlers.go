@@ -334,6 +334,7 @@ func (a *Agent) report(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 }
 
 func (a *Agent) cleanup(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	a.uploadLogs(ctx, j)
 	if err := os.RemoveAll(a.stagingDir(j)); err != nil {
 		a.log.Warn("cleanup", "job", j.JobID, "err", err)
 	}
