@@ -78,7 +78,7 @@ running emulator's control API (--api).`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runSim(cmd, sf) },
 	}
 	sf.bind(serve.Flags())
-	cmd.AddCommand(serve, newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
+	cmd.AddCommand(serve, newSimCommandCmd(), newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
 		newSimListExecutionsCmd(), newSimCancelCmd(), newSimDeleteCmd())
 	return cmd
 }

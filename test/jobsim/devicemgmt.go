@@ -389,3 +389,26 @@ func (c *Client) GetThingShadow(ctx context.Context, thing, name string) (json.R
 	err := c.do(ctx, http.MethodGet, "/things/"+esc(thing)+"/shadow", map[string][]string{"name": {name}}, nil, &out)
 	return bytes.TrimSpace(out), err
 }
+
+// RegisterPackageVersion registers a release in the Software Package Catalog as `fieldota
+// release --package NAME` does: the package if it is new, the version with its artifact and
+// attributes, published; it returns the version's ARN for CreateJob's destinationPackageVersions.
+// A version that exists already is left as it is (a re-run of the same release).
+func (c *Client) RegisterPackageVersion(ctx context.Context, pkg, version string, in packages.CreateVersionInput) (string, error) {
+	if err := c.CreatePackage(ctx, pkg); err != nil && !isConflict(err) {
+		return "", err
+	}
+	if _, err := c.CreatePackageVersion(ctx, pkg, version, in); err != nil && !isConflict(err) {
+		return "", err
+	}
+	v, err := c.UpdatePackageVersion(ctx, pkg, version, packages.UpdateVersionInput{Action: "PUBLISH"})
+	if err != nil {
+		return "", err
+	}
+	return v.Arn, nil
+}
+
+func isConflict(err error) bool {
+	ae, ok := err.(*APIError)
+	return ok && ae.Code == "ConflictException"
+}
