@@ -73,7 +73,13 @@ func (a *Agent) verified(raw []byte, flowOf func(string) (flow, error)) (*job, v
 	if err != nil {
 		return nil, pol, err
 	}
-	rel, err := a.verifier().Release(doc.Claims(), pol)
+	claims := doc.Claims()
+	if doc.AFROTA {
+		if claims, err = a.afrClaims(claims); err != nil {
+			return nil, pol, err
+		}
+	}
+	rel, err := a.verifier().Release(claims, pol)
 	if err != nil {
 		return nil, pol, err
 	}
@@ -98,6 +104,9 @@ func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
 		return nil, err
 	}
 	rel, key := jb.rel, jb.key
+	if jb.doc.AFROTA {
+		afrDigests(rel, j)
+	}
 	mismatch := func(what string, journal, signed any) error {
 		return reason.Errorf(reason.Internal, "the journal does not match its document: %s %v, the signed release says %v", what, journal, signed)
 	}
@@ -125,6 +134,9 @@ func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
 func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
 	j := &ota.Journal{JobID: exec.JobID, ExecutionNumber: exec.ExecutionNumber, VersionNumber: exec.VersionNumber}
 	a.log.Info("job received", "job", exec.JobID, "execution", exec.ExecutionNumber, "status", exec.Status)
+	if tpl, ok, err := parseTemplate(exec.JobDocument); ok {
+		return a.startTemplate(ctx, exec, tpl, err) // AWS's managed templates (templates.go)
+	}
 	jb, err := a.admit(exec.JobDocument)
 	if err != nil {
 		status := jobs.Rejected

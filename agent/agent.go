@@ -34,6 +34,13 @@ type Agent struct {
 
 	wake chan struct{} // a (re)connect or notify-next: look at $next again
 
+	jobLog *jobLog        // what is logged while a job runs, for uploadLogs (uploads.go)
+	inv    *inventory     // the $package reporter (inventory.go)
+	cmds   *commander     // AWS IoT Commands (commands.go)
+	jobMu  sync.Mutex     // one job or command journal runs at a time
+	bg     sync.WaitGroup // the reporter's and the commands' goroutines
+	runCtx context.Context
+
 	mu      sync.Mutex
 	running string           // job id of the job in progress, "" when idle
 	recheck chan struct{}    // notify-next while a job runs: is it still ours?
@@ -62,12 +69,14 @@ func New(o Options) *Agent {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	jl := &jobLog{}
+	log = slog.New(teeHandler{main: log.Handler(), log: slog.NewTextHandler(jl, nil)})
 	now := o.Now
 	if now == nil {
 		now = time.Now
 	}
 	a := &Agent{
-		cfg: o.Config, trust: o.Trust, log: log, now: now, retryWait: time.Second,
+		cfg: o.Config, trust: o.Trust, log: log, jobLog: jl, now: now, retryWait: time.Second,
 		store:   &ota.Store{Dir: o.Config.StateDir, Now: now},
 		wake:    make(chan struct{}, 1),
 		recheck: make(chan struct{}, 1),
@@ -76,6 +85,7 @@ func New(o Options) *Agent {
 	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log}
 	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
 	a.machine.Handlers = a.handlers()
+	a.inv, a.cmds = newInventory(a), newCommander(a)
 	return a
 }
 
@@ -85,6 +95,7 @@ func (a *Agent) Wake() {
 	case a.wake <- struct{}{}:
 	default:
 	}
+	a.inv.Kick()
 }
 
 // NotifyNext handles a notify-next event: a hint to look again, and while a job runs, a sign
@@ -112,6 +123,7 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	if err := a.cfg.EnsureStateDir(); err != nil {
 		return err
 	}
+	defer a.startDeviceManagement(ctx, api)()
 	// A kill inside a durable write leaves its temp file behind; nothing else can own it.
 	if _, err := durable.RemoveTemps(a.cfg.StateDir); err != nil {
 		return err
@@ -152,6 +164,8 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 // serveNext runs pending jobs one after the other until none is left. A journal left by a job
 // that stopped on an error (a full disk, say) is resumed first, never overwritten by a new start.
 func (a *Agent) serveNext(ctx context.Context) error {
+	a.jobMu.Lock()
+	defer a.jobMu.Unlock()
 	for {
 		switch j, err := a.store.Load(); {
 		case err == nil:
@@ -205,6 +219,7 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	a.mu.Lock()
 	a.running = j.JobID
 	a.mu.Unlock()
+	a.jobLog.reset(true)
 	defer func() {
 		a.mu.Lock()
 		a.running = ""
@@ -223,6 +238,7 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	}
 	if err == nil {
 		a.markDone(j.JobID, j.ExecutionNumber)
+		a.inv.Kick() // a commit, a rollback or a fallback: $package tells it
 	}
 	return err
 }

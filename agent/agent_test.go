@@ -171,7 +171,8 @@ func (h *harness) run() func() {
 	a := New(Options{Config: h.cfg, Trust: trust, Logger: log, OnTransition: h.onTransition})
 	a.retryWait = 50 * time.Millisecond
 	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
-		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext})
+		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext,
+		Extra: a.Subscriptions(), OnMessage: a.OnMessage})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -324,6 +324,9 @@ func (a *Agent) report(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 		// Cannot happen through the table; report INTERNAL rather than leave the job hanging.
 		ota.Fail(j, reason.Errorf(reason.Internal, "no report recorded"), nil)
 	}
+	if isCommand(j) {
+		return a.finishCommand(ctx, j)
+	}
 	if err := a.upd.terminal(ctx, j); err != nil {
 		return "", err
 	}
@@ -331,6 +334,7 @@ func (a *Agent) report(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 }
 
 func (a *Agent) cleanup(ctx context.Context, j *ota.Journal) (ota.Event, error) {
+	a.uploadLogs(ctx, j)
 	if err := os.RemoveAll(a.stagingDir(j)); err != nil {
 		a.log.Warn("cleanup", "job", j.JobID, "err", err)
 	}

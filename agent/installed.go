@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 
@@ -27,6 +28,10 @@ type installedEntry struct {
 	Version string            `json:"version"`
 	Signed  bool              `json:"signed"`
 	Files   map[string]string `json:"files,omitempty"` // name → sha256 (hex) of what was installed
+	// Package is the signed `$package` name of the release ("" = the configured one).
+	Package string `json:"package,omitempty"`
+	// Previous is what ran before this commit: what a rollback command goes back to.
+	Previous *installedEntry `json:"previous,omitempty"`
 }
 
 // UnmarshalJSON also reads the first format, a bare version string: recorded before releases
@@ -70,11 +75,22 @@ func recordInstalled(stateDir, key string, r *verify.Release) error {
 	if err != nil {
 		return err
 	}
-	e := installedEntry{Version: r.Version, Signed: r.Signed, Files: map[string]string{}}
+	e := installedEntry{Version: r.Version, Signed: r.Signed, Files: map[string]string{}, Package: r.Package}
 	for _, f := range r.Files {
 		e.Files[f.Name] = hex.EncodeToString(f.SHA256)
 	}
+	if old, ok := m[key]; ok {
+		e.Previous = old.Previous
+		if old.Version != e.Version || !maps.Equal(old.Files, e.Files) {
+			old.Previous = nil // one step back is kept, not a chain
+			e.Previous = &old
+		}
+	}
 	m[key] = e
+	return writeInstalled(stateDir, m)
+}
+
+func writeInstalled(stateDir string, m installed) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err

@@ -345,9 +345,11 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 // reports.
 func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, error) {
 	// Best effort and short: rolling back must not wait for a broker the new slot cannot reach.
-	rctx, cancel := context.WithTimeout(ctx, s.a.cfg.Jobs.RequestTimeout.Duration)
-	_ = s.a.upd.inProgress(rctx, j, s.details(j, "rollback", nil)) // never replaces the reason
-	cancel()
+	if !isCommand(j) { // a rollback command has no job execution to tell
+		rctx, cancel := context.WithTimeout(ctx, s.a.cfg.Jobs.RequestTimeout.Duration)
+		_ = s.a.upd.inProgress(rctx, j, s.details(j, "rollback", nil)) // never replaces the reason
+		cancel()
+	}
 	if ctx.Err() != nil {
 		return "", ctx.Err()
 	}

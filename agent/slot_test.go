@@ -23,6 +23,8 @@ import (
 // slotRig is an in-process A/B device: slot files, a bootloader environment and a bootsim
 // board that writes the kernel command line the agent reads.
 type slotRig struct {
+	agent  *Agent // the last one booted
+	stop   func() // stops it
 	h      *harness
 	board  *bootsim.Board
 	marker string
@@ -85,7 +87,9 @@ func (r *slotRig) boot(onTransition func(*ota.Journal)) (stop func()) {
 	a := New(Options{Config: r.h.cfg, Trust: trust, Logger: log, OnTransition: onTransition})
 	a.retryWait = 50 * time.Millisecond
 	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: r.h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
-		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext})
+		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext,
+		Extra: a.Subscriptions(), OnMessage: a.OnMessage})
+	r.agent = a
 	if err != nil {
 		r.h.t.Fatal(err)
 	}

@@ -43,6 +43,7 @@ type Release struct {
 	AutoStart           bool
 	AutoStartRerunnable bool
 	Binary              string // target binary: the managed binary's name ("" = the device's own, unsigned releases only)
+	Package             string // the `$package` name it is reported under ("" = the device's configured name)
 }
 
 // File is one file of a release.
@@ -67,6 +68,10 @@ type Claims struct {
 	PackageName      string
 	AutoStart        *bool
 	Files            []FileClaim
+	// DigestFromSignature: the files state no sha256, only a detached signature over their
+	// bytes (create-ota-update's afr_ota documents); the digest is learned at download and the
+	// signature is what binds it. Only ever a codesign-only release.
+	DigestFromSignature bool
 
 	// bare: a lone detached signature checked by Verify — bytes only, no install intent.
 	bare bool
@@ -238,7 +243,8 @@ func plainRelease(c Claims, p Policy) (*Release, error) {
 		return nil, reason.Errorf(reason.InvalidDocument, "the document lists no file")
 	}
 	for i, fc := range c.Files {
-		if fc.Size < 0 || len(fc.SHA256) != 32 {
+		signatureOnly := c.DigestFromSignature && fc.Signature != nil && fc.SHA256 == nil && fc.Size > 0
+		if !signatureOnly && (fc.Size < 0 || len(fc.SHA256) != 32) {
 			return nil, reason.Errorf(reason.InvalidDocument, "files[%d]: size and sha256 are required without a release statement", i)
 		}
 		if fc.Signature == nil && !p.AllowUnsigned {
@@ -334,6 +340,9 @@ func (ts *TrustStore) CheckPayload(r *Release, i int, digest []byte, size int64,
 			return vd, err
 		}
 		vd.KeyID, vd.Algorithm = c.id, alg
+	}
+	if f.SHA256 == nil && f.Signature != nil {
+		return vd, nil // the signature just verified over digest is all that binds these bytes
 	}
 	if !bytes.Equal(digest, f.SHA256) {
 		what := "the document says"

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"time"
 
@@ -71,6 +72,10 @@ type Predicate struct {
 
 	// Target binary: the managed binary's name, mapped to a path by the device's configuration.
 	Binary string `json:"binary,omitempty"`
+
+	// Package is the Software Package Catalog name the device reports this release under in
+	// its `$package` shadow ([a-zA-Z0-9-_.]{1,128}); empty: the device's configured name.
+	Package string `json:"package,omitempty"`
 }
 
 // PredicateFile is the signed description of one file.
@@ -183,6 +188,10 @@ func (st *Statement) release(keyID string) (*Release, error) {
 
 	r.WorkingDirectory, r.PackageName, r.AutoStart, r.AutoStartRerunnable = p.WorkingDirectory, p.PackageName, p.AutoStart, p.AutoStartRerunnable
 	r.Binary = p.Binary
+	if p.Package != "" && !packageName.MatchString(p.Package) {
+		return nil, bad("package %q must match [a-zA-Z0-9-_.]{1,128}", clip(p.Package))
+	}
+	r.Package = p.Package
 	if err := r.checkTarget(); err != nil {
 		return nil, bad("%w", err)
 	}
@@ -242,3 +251,6 @@ func (r *Release) checkTarget() error {
 	}
 	return nil
 }
+
+// packageName is the Software Package Catalog's package name pattern.
+var packageName = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)

@@ -35,7 +35,12 @@ type Config struct {
 	Slot     Slot     `toml:"slot"`
 	Swap     Swap     `toml:"swap"`
 	Health   Health   `toml:"health"`
-	Log      Log      `toml:"log"`
+	// AWS IoT Device Management beyond Jobs (aws.go).
+	Inventory Inventory `toml:"inventory"`
+	Commands  Commands  `toml:"commands"`
+	Templates Templates `toml:"templates"`
+	AFROTA    AFROTA    `toml:"afr_ota"`
+	Log       Log       `toml:"log"`
 }
 
 // MQTT is the connection to AWS IoT Core (or the emulator).
@@ -282,6 +287,7 @@ func hostPattern(h string) bool {
 func under(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
 
 func (c *Config) defaults() {
+	defer c.awsDefaults()
 	if c.StateDir == "" {
 		c.StateDir = "/var/lib/fieldota"
 	}
@@ -391,7 +397,7 @@ var (
 
 // Validate refuses configurations that would fail later or fail open.
 func (c *Config) Validate() error {
-	var errs []error
+	errs := c.awsValidate()
 	if !thingName.MatchString(c.ThingName) {
 		errs = append(errs, fmt.Errorf("thing_name %q must match [a-zA-Z0-9:_-]{1,128}", c.ThingName))
 	}

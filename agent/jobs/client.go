@@ -33,6 +33,7 @@ type Client struct {
 	wg     sync.WaitGroup
 
 	inbound chan inMsg
+	extra   chan inMsg // messages on Config.Extra topics, for OnMessage (extra.go)
 
 	mu          sync.Mutex
 	closed      bool
@@ -91,6 +92,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		t:          newTopics(cfg.ThingName),
 		tok:        newTokens(),
 		inbound:    make(chan inMsg, 64),
+		extra:      make(chan inMsg, extraQueue),
 		ready:      make(chan struct{}),
 		waiters:    map[string]*waiter{},
 		rawWaiters: map[string]*waiter{},
@@ -124,9 +126,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.mc = mqtt.NewClient(o)
 
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.dispatch()
 	go c.deliverEvents()
+	go c.deliverExtra()
 
 	tok := c.mc.Connect()
 	connected := tok.Done()
@@ -225,6 +228,10 @@ func (c *Client) dispatch() {
 }
 
 func (c *Client) route(m inMsg) {
+	if c.extraCovered(m.topic) {
+		c.queueExtra(m)
+		return
+	}
 	kind, request, accepted, ok := c.t.inbound(m.topic)
 	if !ok {
 		c.log.Warn("jobs: message on a topic that is not this thing's Jobs API, dropped", "topic", m.topic)
@@ -316,6 +323,9 @@ func (c *Client) onConnect(mqtt.Client) {
 func (c *Client) afterConnect() {
 	for attempt := 1; ; attempt++ {
 		err := c.subscribe()
+		if err == nil {
+			err = c.subscribeExtra()
+		}
 		if err == nil {
 			break
 		}

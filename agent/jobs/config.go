@@ -78,6 +78,12 @@ type Config struct {
 	// hints and describe $next for the truth. Close waits for a running callback to return.
 	OnNotifyNext func(NextJobExecutionChanged)
 	OnNotify     func(JobExecutionsChanged)
+
+	// Extra are topic filters beyond the Jobs API (named shadows, Commands) subscribed on every
+	// connect; OnMessage receives what arrives on them, one call at a time on a goroutine of the
+	// Client's, so it may call Publish. Publish sends to any topic the device may use (extra.go).
+	Extra     []string
+	OnMessage func(topic string, payload []byte)
 }
 
 const (

@@ -121,6 +121,8 @@ func run(ctx context.Context, cfgPath string) error {
 		Logger:         log,
 		OnConnect:      func(context.Context) { a.Wake() },
 		OnNotifyNext:   a.NotifyNext,
+		Extra:          a.Subscriptions(),
+		OnMessage:      a.OnMessage,
 	})
 	cancel()
 	if err != nil && a.ProbationDeadline() > 0 && ctx.Err() == nil {

@@ -80,7 +80,7 @@ running emulator's control API (--api).`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runSim(cmd, sf) },
 	}
 	sf.bind(serve.Flags())
-	cmd.AddCommand(serve, newSimFleetCmd(), newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
+	cmd.AddCommand(serve, newSimFleetCmd(), newSimCommandCmd(), newSimCreateJobCmd(), newSimDescribeCmd(), newSimDescribeExecutionCmd(),
 		newSimListExecutionsCmd(), newSimCancelCmd(), newSimDeleteCmd())
 	return cmd
 }

@@ -28,6 +28,7 @@ type releaseFlags struct {
 	rerunnable     bool
 	mode           string
 	binary         string
+	pkg            string
 }
 
 func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
@@ -43,6 +44,7 @@ func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
 	f.BoolVar(&r.rerunnable, "auto-start-rerunnable", false, "target files: the program may run again if an agent restart lost its outcome")
 	f.StringVar(&r.mode, "mode", "", "target files: permission bits of every file, e.g. 0755 (default 0644, 0755 for the program)")
 	f.StringVar(&r.binary, "binary", "", "target binary: the managed binary's name on the device (its swap.name)")
+	f.StringVar(&r.pkg, "package", "", "the Software Package Catalog name devices report this release under in their $package shadow (signed)")
 }
 
 // releaseFile is one file of a release, as signed.
@@ -70,7 +72,7 @@ func (r *releaseFlags) predicate(files []releaseFile, now time.Time) (verify.Pre
 	p := verify.Predicate{
 		Target: r.target, Version: r.version, Compatible: r.compatible, AllowDowngrade: r.allowDowngrade,
 		WorkingDirectory: r.workDir, PackageName: r.packageName, AutoStart: r.autoStart,
-		AutoStartRerunnable: r.rerunnable, Binary: r.binary, Files: map[string]verify.PredicateFile{},
+		AutoStartRerunnable: r.rerunnable, Binary: r.binary, Package: r.pkg, Files: map[string]verify.PredicateFile{},
 	}
 	if r.expires != "" {
 		t, err := time.Parse(time.RFC3339, r.expires)

@@ -22,6 +22,7 @@ func (d *Document) Claims() verify.Claims {
 	c := verify.Claims{
 		Statement: d.Attestation, Target: d.Target, Version: d.Version, Compatible: d.Compatible,
 		WorkingDirectory: d.WorkingDirectory, PackageName: d.PackageName, AutoStart: d.AutoStart,
+		DigestFromSignature: d.AFROTA,
 	}
 	for _, f := range d.Files {
 		c.Files = append(c.Files, verify.FileClaim{Name: f.FileName, Size: f.Size, SHA256: f.SHA256, Mode: f.Mode, Signature: f.Signature()})

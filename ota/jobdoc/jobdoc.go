@@ -59,6 +59,9 @@ type Document struct {
 	Attestation      []byte   // DSSE envelope JSON of the release statement; nil = none
 	Compatible       []string // nil = not stated
 	Unknown          []string // keys fieldota ignored, e.g. "presign", "files[0].fileType"
+	// AFROTA marks a document of `aws iot create-ota-update` (afr.go): one file with a size and
+	// a detached signature, and nothing else stated.
+	AFROTA bool
 }
 
 // File is one payload of a document.

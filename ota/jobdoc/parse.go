@@ -29,6 +29,9 @@ func Parse(data []byte, opt Options) (*Document, error) {
 	if err := json.Unmarshal(data, &top); err != nil {
 		return nil, invalid("document: %w", err)
 	}
+	if _, ok := top["afr_ota"]; ok {
+		return afrOTA(top, opt) // aws iot create-ota-update's document (afr.go)
+	}
 	d := &Document{}
 	var err error
 

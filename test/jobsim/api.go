@@ -137,6 +137,8 @@ type CreateJobInput struct {
 	JobExecutionsRolloutConfig *RolloutConfig    `json:"jobExecutionsRolloutConfig,omitempty"`
 	AbortConfig                *AbortConfig      `json:"abortConfig,omitempty"`
 	SchedulingConfig           *SchedulingConfig `json:"schedulingConfig,omitempty"`
+	// DestinationPackageVersions are package version ARNs written into $package at SUCCEEDED.
+	DestinationPackageVersions []string `json:"destinationPackageVersions,omitempty"`
 }
 
 // CreateJobOutput is CreateJob's response.

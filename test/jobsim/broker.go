@@ -68,6 +68,17 @@ func embed(s *Sim, cfg Config) (*embedded, error) {
 		srv.Close()
 		return nil, err
 	}
+	for _, f := range []string{shadowFilter, commandsFilter} {
+		err := srv.Subscribe(f, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+			if pk.Origin != mochi.InlineClientId {
+				s.onDeviceManagement(pk.TopicName, bytes.Clone(pk.Payload))
+			}
+		})
+		if err != nil {
+			srv.Close()
+			return nil, err
+		}
+	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
 		return nil, err
@@ -149,5 +160,5 @@ func (h *thingAuth) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) bo
 }
 
 func (h *thingAuth) OnACLCheck(cl *mochi.Client, topic string, _ bool) bool {
-	return strings.HasPrefix(topic, topicPrefix+cl.ID+"/")
+	return strings.HasPrefix(topic, topicPrefix+cl.ID+"/") || strings.HasPrefix(topic, "$aws/commands/things/"+cl.ID+"/")
 }

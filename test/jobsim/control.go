@@ -15,12 +15,17 @@ func (s *Sim) CreateJob(in CreateJobInput) (CreateJobOutput, error) {
 	if _, err := s.presigner.ExpandPlaceholders(in.Document, 0); err != nil {
 		return CreateJobOutput{}, invalid("document: %v", err)
 	}
+	dest, err := s.prepareDocument(&in)
+	if err != nil {
+		return CreateJobOutput{}, err
+	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	out, eff, aerr := s.model.createJob(in)
 	if aerr != nil {
 		return out, aerr
 	}
+	s.rememberDestinations(in.JobID, dest)
 	s.apply(eff)
 	return out, nil
 }
@@ -196,6 +201,7 @@ func (s *Sim) controlHandler() http.Handler {
 		reply(w, map[string]any{}, err)
 	})
 	s.certificateRoutes(mux)
+	s.deviceManagementRoutes(mux)
 	return mux
 }
 

@@ -371,7 +371,10 @@ func (s *Sim) execution(e execSnap, withDoc, withThing bool) (map[string]any, *d
 
 // expand returns the job document with every presigned placeholder replaced by a fresh URL.
 func (s *Sim) expand(e execSnap) (json.RawMessage, *deviceError) {
-	doc, err := s.presigner.ExpandPlaceholders(e.Document, e.Expires)
+	doc, err := s.expandUploads(e.Document, e)
+	if err == nil {
+		doc, err = s.presigner.ExpandPlaceholders(doc, e.Expires)
+	}
 	if err != nil || !json.Valid([]byte(doc)) {
 		return nil, rejectf(CodeInternalError, "cannot presign the job document's URLs")
 	}

@@ -68,7 +68,8 @@ type Sim struct {
 	registry  *registry.Registry
 	presigner *s3.Presigner
 	artifacts *s3.Server
-	certs     *certs.Authority // CreateCertificateFromCsr's CA (certificates.go)
+	certs     *certs.Authority  // CreateCertificateFromCsr's CA (certificates.go)
+	dm        *deviceManagement // shadows, packages, commands, uploads (devicemgmt.go)
 	front     frontEnd
 
 	mqttURL, tlsURL, httpURL, s3URL string
@@ -121,6 +122,7 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 	}
 	// Without an artifact server the URLs still get minted, pointing at the discard port.
 	s.presigner = &s3.Presigner{Base: "http://127.0.0.1:9", Secret: secret, Now: cfg.Now}
+	s.initDeviceManagement(secret)
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -138,9 +140,9 @@ func Start(ctx context.Context, cfg Config) (*Sim, error) {
 			ln, scheme = tls.NewListener(ln, cfg.S3TLS), "https"
 		}
 		s.s3URL = scheme + "://" + ln.Addr().String()
-		s.presigner.Base = s.s3URL
+		s.presigner.Base, s.dm.uploads.Base = s.s3URL, s.s3URL
 		s.artifacts = s3.NewServer(cfg.ArtifactDir, s.presigner)
-		s.serve(ln, s.artifacts)
+		s.serve(ln, s.s3Handler())
 	}
 	switch {
 	case cfg.External != nil:
@@ -279,6 +281,8 @@ func (s *Sim) apply(eff effects) {
 // deliver reports the events, then publishes the messages: whoever watches OnEvent has seen an
 // operation before the device hears its answer.
 func (s *Sim) deliver(out []outMsg, events []Event) {
+	more, written := s.packageShadowWrites(events)
+	out, events = append(out, more...), append(events, written...)
 	for _, ev := range events {
 		s.log.Debug("job event", "event", ev.String())
 		if s.cfg.OnEvent != nil {

@@ -623,6 +623,12 @@ func TestCreateJobRefusesAnUnterminatedPlaceholder(t *testing.T) {
 	if _, err := s.DescribeJob("j"); err == nil {
 		t.Fatal("a refused job exists")
 	}
+	// A per-device upload URL is not a download placeholder: its key holds ${thingName}.
+	up := `{"files":{"url":"${aws:iot:s3-presigned-url:https://s3.us-east-1.amazonaws.com/bucket/fw.bin}"},` +
+		`"uploadLogs":"${aws:iot:s3-presigned-url-upload:https://s3.us-east-1.amazonaws.com/bucket/logs/${thingName}/${jobId}.log}"}`
+	if _, err := s.CreateJob(CreateJobInput{JobID: "up", Targets: []string{"dev1"}, Document: up}); err != nil {
+		t.Fatalf("upload placeholder refused: %v", err)
+	}
 }
 
 // TestScheduledJobReachesDevicesOnlyInItsWindow: over MQTT, devices hear nothing of a scheduled job

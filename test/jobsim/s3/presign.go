@@ -175,6 +175,10 @@ func nextPlaceholder(doc string, from int) (start, end int, s3url string, v2, ok
 	start = from + i
 	rest := doc[start+len(placeholderStart):]
 	switch {
+	case strings.HasPrefix(rest, "-upload:"):
+		// A per-device upload URL: the uploads package expands and checks it (its key holds
+		// ${thingName}-style placeholders this scanner would stop at).
+		return nextPlaceholder(doc, start+len(placeholderStart))
 	case strings.HasPrefix(rest, "-v2:"):
 		v2, rest = true, rest[len("-v2:"):]
 	case strings.HasPrefix(rest, ":"):
