@@ -96,6 +96,10 @@ type jobService interface {
 	CreateJob(context.Context, *iot.CreateJobInput, ...func(*iot.Options)) (*iot.CreateJobOutput, error)
 	DescribeThing(context.Context, *iot.DescribeThingInput, ...func(*iot.Options)) (*iot.DescribeThingOutput, error)
 	DescribeThingGroup(context.Context, *iot.DescribeThingGroupInput, ...func(*iot.Options)) (*iot.DescribeThingGroupOutput, error)
+	CreatePackage(context.Context, *iot.CreatePackageInput, ...func(*iot.Options)) (*iot.CreatePackageOutput, error)
+	CreatePackageVersion(context.Context, *iot.CreatePackageVersionInput, ...func(*iot.Options)) (*iot.CreatePackageVersionOutput, error)
+	UpdatePackageVersion(context.Context, *iot.UpdatePackageVersionInput, ...func(*iot.Options)) (*iot.UpdatePackageVersionOutput, error)
+	GetPackageVersion(context.Context, *iot.GetPackageVersionInput, ...func(*iot.Options)) (*iot.GetPackageVersionOutput, error)
 }
 
 // releaseOpts are release's flags beyond the document's.
@@ -410,6 +414,13 @@ func (r *releaser) run(ctx context.Context, spec releaseInput, o releaseOpts, re
 		return err
 	}
 	req.Document = string(doc)
+	if spec.rel.pkg != "" {
+		arn, err := r.registerPackage(ctx, spec.rel.pkg, spec.rel.version, spec.files)
+		if err != nil {
+			return err
+		}
+		req.DestinationPackageVersions = []string{arn}
+	}
 	if r.dryRun {
 		r.show("iot", "CreateJob", req)
 		return nil
@@ -576,6 +587,7 @@ func toSDKCreateJob(in jobsim.CreateJobInput) *iot.CreateJobInput {
 			out.PresignedUrlConfig.RoleArn = aws.String(c.RoleArn)
 		}
 	}
+	out.DestinationPackageVersions = in.DestinationPackageVersions
 	if c := in.TimeoutConfig; c != nil {
 		out.TimeoutConfig = &iottypes.TimeoutConfig{InProgressTimeoutInMinutes: aws.Int64(c.InProgressTimeoutInMinutes)}
 	}
@@ -623,6 +635,51 @@ func toSDKCreateJob(in jobsim.CreateJobInput) *iot.CreateJobInput {
 			sc.MaintenanceWindows = append(sc.MaintenanceWindows, iottypes.MaintenanceWindow{StartTime: aws.String(w.StartTime), DurationInMinutes: aws.Int32(int32(w.DurationInMinutes))})
 		}
 		out.SchedulingConfig = sc
+	}
+	return out
+}
+
+// registerPackage makes the release a published version of its Software Package Catalog package
+// (creating the package the first time) and returns the version's ARN, which the job names in
+// destinationPackageVersions: AWS writes it into the devices' $package shadow at SUCCEEDED, and
+// the agent corrects the shadow should a device roll back later. Re-running finds both there.
+func (r *releaser) registerPackage(ctx context.Context, pkg, version string, files []string) (string, error) {
+	attrs := map[string]string{"fieldotaFiles": strings.Join(baseNames(files), ",")}
+	if r.dryRun {
+		r.show("iot", "CreatePackage", map[string]string{"packageName": pkg})
+		r.show("iot", "CreatePackageVersion", map[string]any{"packageName": pkg, "versionName": version, "attributes": attrs})
+		r.show("iot", "UpdatePackageVersion", map[string]string{"packageName": pkg, "versionName": version, "action": "PUBLISH"})
+		return "arn:aws:iot:" + r.region + ":000000000000:package/" + pkg + "/version/" + version, nil
+	}
+	if _, err := r.iot.CreatePackage(ctx, &iot.CreatePackageInput{PackageName: aws.String(pkg)}); err != nil && !isConflict(err) {
+		return "", awsErr("CreatePackage "+pkg, err)
+	}
+	if _, err := r.iot.CreatePackageVersion(ctx, &iot.CreatePackageVersionInput{PackageName: aws.String(pkg),
+		VersionName: aws.String(version), Attributes: attrs}); err != nil && !isConflict(err) {
+		return "", awsErr("CreatePackageVersion "+pkg+"@"+version, err)
+	}
+	got, err := r.iot.GetPackageVersion(ctx, &iot.GetPackageVersionInput{PackageName: aws.String(pkg), VersionName: aws.String(version)})
+	if err != nil {
+		return "", awsErr("GetPackageVersion "+pkg+"@"+version, err)
+	}
+	if got.Status != iottypes.PackageVersionStatusPublished {
+		if _, err := r.iot.UpdatePackageVersion(ctx, &iot.UpdatePackageVersionInput{PackageName: aws.String(pkg),
+			VersionName: aws.String(version), Action: iottypes.PackageVersionActionPublish}); err != nil {
+			return "", awsErr("UpdatePackageVersion "+pkg+"@"+version, err)
+		}
+	}
+	return aws.ToString(got.PackageVersionArn), nil
+}
+
+func isConflict(err error) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorCode() == "ConflictException"
+}
+
+func baseNames(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = filepath.Base(p)
 	}
 	return out
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fieldota/fieldota/test/fleet"
 	"github.com/fieldota/fieldota/test/jobsim"
+	"github.com/fieldota/fieldota/test/jobsim/packages"
 )
 
 // fakeAWS points the SDK's standard chain at made-up credentials and nothing else on the machine.
@@ -327,5 +328,39 @@ func TestReleaseDryRunPrintsTheCallsAndMakesNone(t *testing.T) {
 		if r.Method == "PUT" && strings.Contains(r.Object, "fw-dry") {
 			t.Fatal("the dry run uploaded")
 		}
+	}
+}
+
+// TestReleaseWithAPackageRegistersTheVersionAndJobsWritesPackage: `release --package NAME`
+// makes the release a published version of its Software Package Catalog package and names it in
+// the job's destinationPackageVersions; with versionUpdateByJobsConfig on, the emulator's Jobs
+// writes it into each device's $package shadow at SUCCEEDED. Re-running registers nothing new.
+func TestReleaseWithAPackageRegistersTheVersionAndJobsWritesPackage(t *testing.T) {
+	e := newRolloutEnv(t, 2, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := e.sim.Catalog().UpdatePackageConfiguration(packages.VersionUpdateByJobsConfig{Enabled: true, RoleArn: "arn:aws:iam::123456789012:role/pkg"}); err != nil {
+		t.Fatal(err)
+	}
+	args := e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-pkg", "--package", "app")
+	for range 2 {
+		if out, code := cli(t, ctx, args...); code != 0 {
+			t.Fatalf("release (%d):\n%s", code, out)
+		}
+	}
+	v, err := e.sim.Catalog().GetPackageVersion("app", "2.0.0")
+	if err != nil || v.Status != "PUBLISHED" {
+		t.Fatalf("package version %+v %v", v, err)
+	}
+	e.startFleet(t, 2, nil)
+	if out, code := cli(t, ctx, e.statusArgs("fw-pkg", "--watch", "--interval", "100ms")...); code != 0 {
+		t.Fatalf("rollout status (%d):\n%s", code, out)
+	}
+	doc, ok := e.sim.Shadows().Get(fleet.Options{}.Name(0), "$package")
+	if !ok {
+		t.Fatal("no $package shadow after SUCCEEDED")
+	}
+	if app, _ := doc.Reported["app"].(map[string]any); app["version"] != "2.0.0" {
+		t.Fatalf("$package reported %v", doc.Reported)
 	}
 }
