@@ -31,6 +31,7 @@ type Doc struct {
 	Binary     string   // binary: the managed binary's name (default: Name)
 	Compatible []string // nil = ["board-rev-c"]
 	Expires    string   // RFC 3339, "" = never
+	Force      bool     // sign force: reinstall even if already installed
 
 	// NoStatement writes a codesign-only document (AWS Signer style).
 	NoStatement bool
@@ -55,7 +56,7 @@ func (d Doc) Predicate() verify.Predicate {
 	if compatible == nil {
 		compatible = []string{"board-rev-c"}
 	}
-	p := verify.Predicate{Target: target, Version: d.Version, Compatible: compatible, Expires: d.Expires,
+	p := verify.Predicate{Target: target, Version: d.Version, Compatible: compatible, Expires: d.Expires, Force: d.Force,
 		Files: map[string]verify.PredicateFile{d.Name: {Size: d.Size, Mode: d.Mode}}}
 	switch target {
 	case "files":
