@@ -5,9 +5,11 @@ go 1.26
 require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/eclipse/paho.mqtt.golang v1.5.1
+	github.com/godbus/dbus/v5 v5.2.4
 	github.com/hashicorp/go-retryablehttp v0.7.8
 	github.com/minio/selfupdate v0.6.0
 	github.com/mochi-mqtt/server/v2 v2.7.9
+	github.com/robfig/cron/v3 v3.0.1
 	github.com/sigstore/sigstore v1.10.11
 	github.com/spf13/cobra v1.10.2
 	github.com/spf13/pflag v1.0.10
