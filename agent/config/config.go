@@ -33,6 +33,7 @@ type Config struct {
 	Slot     Slot     `toml:"slot"`
 	Swap     Swap     `toml:"swap"`
 	Health   Health   `toml:"health"`
+	Policy   Policy   `toml:"policy"`
 	Log      Log      `toml:"log"`
 }
 
@@ -314,6 +315,7 @@ func (c *Config) defaults() {
 		c.Log.Level = "info"
 	}
 	c.Slot.defaults()
+	c.Policy.defaults()
 }
 
 func (s *Slot) defaults() {
@@ -428,6 +430,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Swap.validate()...)
 	errs = append(errs, c.Slot.validate()...)
+	errs = append(errs, c.Policy.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
