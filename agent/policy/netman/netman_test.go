@@ -1,78 +1,20 @@
 package netman
 
 import (
-	"bufio"
 	"context"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/godbus/dbus/v5"
-	"github.com/godbus/dbus/v5/prop"
+	"github.com/fieldota/fieldota/agent/policy/netman/nmtest"
 )
 
-// bus starts a private dbus-daemon (Debian's, installed by scripts/deps.sh) and returns its
-// address; it is stopped when the test ends.
-func bus(t *testing.T) string {
-	t.Helper()
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Fatal("dbus-daemon is not installed (scripts/deps.sh installs it): ", err)
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "bus.conf")
-	conf := `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path=` + filepath.Join(dir, "bus") + `</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>`
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(daemon, "--config-file="+cfg, "--nofork", "--nopidfile", "--print-address")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon printed no address: %v", err)
-	}
-	return strings.TrimSpace(line)
-}
-
-// fakeNM owns NetworkManager's name on the bus and exports its Metered property.
-func fakeNM(t *testing.T, addr string, value any) *prop.Properties {
-	t.Helper()
-	conn, err := dbus.Connect(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	props, err := prop.Export(conn, path, prop.Map{service: {"Metered": {Value: value, Emit: prop.EmitFalse}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r, err := conn.RequestName(service, dbus.NameFlagDoNotQueue); err != nil || r != dbus.RequestNameReplyPrimaryOwner {
-		t.Fatalf("request name: %v %v", r, err)
-	}
-	return props
-}
+var (
+	bus    = nmtest.Bus
+	fakeNM = nmtest.NetworkManager
+)
 
 func TestMeteredAsNetworkManagerSaysIt(t *testing.T) {
 	addr := bus(t)
