@@ -58,9 +58,10 @@ func TestMain(m *testing.M) {
 // maintenance window): time passes as usual, and Advance jumps, firing every After whose
 // deadline it passes. The emulator and the agent share it.
 type clock struct {
-	mu      sync.Mutex
-	skew    time.Duration
-	waiters []waiter
+	mu         sync.Mutex
+	skew       time.Duration
+	waiters    []waiter
+	registered int // Afters asked for so far: a test waits for the agent to park on one
 }
 
 type waiter struct {
@@ -82,10 +83,14 @@ func (c *clock) After(d time.Duration) <-chan time.Time {
 	ch := make(chan time.Time, 1)
 	c.mu.Lock()
 	c.waiters = append(c.waiters, waiter{at: time.Now().Add(c.skew + d), ch: ch})
+	c.registered++
 	c.mu.Unlock()
 	time.AfterFunc(d, c.fire) // the skew only grows: real time reaches the deadline no later
 	return ch
 }
+
+// Registered counts the Afters asked for so far.
+func (c *clock) Registered() int { c.mu.Lock(); defer c.mu.Unlock(); return c.registered }
 
 func (c *clock) fire() {
 	now := c.Now()

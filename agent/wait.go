@@ -139,18 +139,28 @@ func (a *Agent) wait(ctx context.Context, j *ota.Journal, s ota.State, g policy.
 		if changed {
 			a.log.Info("waiting", "job", j.JobID, "phase", g.Phase, "until", w.Until, "reason", w.Reason)
 		}
-		if started && (changed || !now.Before(w.ReportBy)) {
-			if ev, err := a.reportWaiting(jctx, j, now); canceled() {
-				return a.waitCanceled(ctx, j, s), nil
-			} else if err != nil || ev != "" {
-				return ev, err
-			}
-			changed = true
+		report := started && (changed || !now.Before(w.ReportBy))
+		if report {
+			w.ReportBy = a.nextReport(w, now)
 		}
-		if changed {
-			// Persisted: a restart resumes this wait and shows it in `fieldota-agent status`.
+		if changed || report {
+			// Persisted before it is told: a restart resumes this wait, and `fieldota-agent
+			// status` shows it.
 			if err := a.store.Save(j); err != nil {
 				return "", err
+			}
+		}
+		if report {
+			learned, ev, err := a.reportWaiting(jctx, j, now)
+			switch {
+			case canceled():
+				return a.waitCanceled(ctx, j, s), nil
+			case err != nil || ev != "":
+				return ev, err
+			case learned:
+				if err := a.store.Save(j); err != nil {
+					return "", err
+				}
 			}
 		}
 		if started {
@@ -168,7 +178,7 @@ func (a *Agent) wait(ctx context.Context, j *ota.Journal, s ota.State, g policy.
 				return a.waitCanceled(ctx, j, s), nil
 			}
 			return "", ctx.Err()
-		case <-a.clock.After(wake.Sub(now)):
+		case <-a.clock.After(wake.Sub(a.clock.Now())): // time passed since now: the report, the hooks
 		}
 		// A safety net for a lost notify-next: is the execution still ours?
 		if a.ended(jctx, j) {
@@ -202,12 +212,10 @@ func (a *Agent) nextLook(j *ota.Journal, g policy.Gate, now time.Time) time.Time
 	return wake
 }
 
-// reportWaiting tells the service what the job waits for, with a step timer that lasts until
-// the next report (the window's opening, or half a step when a hook decides) plus a whole step
-// for the work after it; then it asks how long the execution has left, which reveals the job's
-// in-progress timeout once the step timer no longer explains it.
-func (a *Agent) reportWaiting(ctx context.Context, j *ota.Journal, now time.Time) (ota.Event, error) {
-	w := j.Wait
+// nextReport is when the waiting report must be renewed: when the window opens (the gate is
+// asked then anyway), or after half a step when a hook or the link decides; never later than
+// one step timer of AWS's can reach.
+func (a *Agent) nextReport(w *ota.Wait, now time.Time) time.Time {
 	step := time.Duration(a.cfg.Jobs.StepTimeoutMinutes) * time.Minute
 	next := now.Add(step / 2)
 	if w.Until.After(now) {
@@ -216,24 +224,37 @@ func (a *Agent) reportWaiting(ctx context.Context, j *ota.Journal, now time.Time
 	if last := now.Add(maxStepMinutes*time.Minute - step); next.After(last) {
 		next = last // longer than AWS allows one step timer: renewed before it runs out
 	}
-	minutes := min(max(int64(math.Ceil(next.Sub(now).Minutes()))+int64(a.cfg.Jobs.StepTimeoutMinutes), 1), maxStepMinutes)
+	return next
+}
+
+// reportWaiting tells the service what the job waits for, with a step timer that lasts until
+// the next report (w.ReportBy) plus a whole step for the work after it; then it asks how long
+// the execution has left, which reveals the job's in-progress timeout once the step timer no
+// longer explains it (learned is true when w.TimesOut changed).
+func (a *Agent) reportWaiting(ctx context.Context, j *ota.Journal, now time.Time) (learned bool, ev ota.Event, err error) {
+	w := j.Wait
+	minutes := min(max(int64(math.Ceil(w.ReportBy.Sub(now).Minutes()))+int64(a.cfg.Jobs.StepTimeoutMinutes), 1), maxStepMinutes)
 	d := details(j, "waiting", map[string]string{"waitingFor": w.Phase, "detail": w.Reason,
 		"waitingSince": w.Since.UTC().Format(time.RFC3339)})
 	if !w.Until.IsZero() {
 		d["until"] = w.Until.UTC().Format(time.RFC3339)
 	}
 	if ev, err := a.inProgressStep(ctx, j, d, minutes); ev != "" || err != nil {
-		return ev, err
+		return false, ev, err
 	}
-	w.ReportBy = next
 	exec, err := a.api.Describe(ctx, jobs.DescribeInput{JobID: j.JobID, ExecutionNumber: j.ExecutionNumber})
 	if err == nil && exec != nil && exec.ApproximateSecondsBeforeTimedOut > 0 {
 		left := time.Duration(exec.ApproximateSecondsBeforeTimedOut) * time.Second
 		if left+deadlineTolerance < time.Duration(minutes)*time.Minute {
-			w.TimesOut = now.Add(left)
+			at := now.Add(left)
+			// The deadline is fixed; answers only round it. Keep the earliest seen.
+			if w.TimesOut.IsZero() || at.Before(w.TimesOut) {
+				w.TimesOut = at
+				return true, "", nil
+			}
 		}
 	}
-	return "", nil
+	return false, "", nil
 }
 
 // waitFits refuses a wait that the execution's in-progress timeout leaves no room for: AWS would

@@ -76,6 +76,12 @@ func (h *harness) journal() *ota.Journal {
 	return j
 }
 
+// parked waits until the agent waits on the clock again, after the n-th After (Registered).
+func (h *harness) parked(n int) {
+	h.t.Helper()
+	h.waitFor("the agent to wait on the clock", func() bool { return h.clk.Registered() > n })
+}
+
 // advance moves the shared clock and lets the emulator fire whatever timers expired by then.
 func (h *harness) advance(d time.Duration) {
 	h.clk.Advance(d)
@@ -164,7 +170,7 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 	j := h.journal()
 	sum := hex.EncodeToString(testdoc.For("run.sh", script, "2.0").SHA256)
 	if j.State != ota.StateWaitInstall || len(j.Staged) != 1 || j.Staged[0].SHA256 != sum || j.Wait == nil || !j.Wait.Until.Equal(opening) {
-		t.Fatalf("journal while waiting: %+v wait %+v", j, j.Wait)
+		t.Fatalf("journal while waiting: state %s staged %+v wait %+v", j.State, j.Staged, j.Wait)
 	}
 	if staged, _ := os.ReadFile(j.Staged[0].Path); !bytes.Equal(staged, script) || h.s3Bytes() != int64(len(script)) {
 		t.Fatalf("the payload was not downloaded before the window (%d bytes fetched)", h.s3Bytes())
@@ -200,8 +206,10 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 		t.Fatal("installed outside the window")
 	}
 	v = h.execution("later").VersionNumber
+	parked := h.clk.Registered()
 	h.run()
 	h.waitFor("the wait to be resumed after the reboot", func() bool { return h.execution("later").VersionNumber > v })
+	h.parked(parked)
 
 	h.advance(time.Minute) // the window opens
 	opened := time.Now()
@@ -278,12 +286,12 @@ func TestWaitThatCannotFitTheInProgressTimeoutFailsWithItsOwnReason(t *testing.T
 				TimeoutConfig: &jobsim.TimeoutConfig{InProgressTimeoutInMinutes: 60}}); err != nil {
 				t.Fatal(err)
 			}
+			parked := h.clk.Registered()
 			h.run()
-			for i, d := range c.advance {
+			for _, d := range c.advance {
 				h.waitDetails("tight", "stage=waiting", func(s string, d map[string]string) bool { return s == "IN_PROGRESS" && d["stage"] == "waiting" })
-				if i > 0 {
-					time.Sleep(200 * time.Millisecond) // let the agent look again after the last move
-				}
+				h.parked(parked)
+				parked = h.clk.Registered()
 				h.advance(d)
 			}
 			ex := h.waitTerminal("tight")
@@ -329,6 +337,7 @@ func TestMayInstallHookNotNowThreeTimesThenGoInstallsOnTheFourthEvaluation(t *te
 	h.publish("run.sh", script)
 	work := filepath.Join(h.appRoot, "w")
 	h.createJob("consent", h.seedDoc("run.sh", script, "2.0", work))
+	parked := h.clk.Registered()
 	h.run()
 	for n := 1; n <= 3; n++ {
 		d := h.waitDetails("consent", fmt.Sprintf("not now #%d reported", n), func(s string, d map[string]string) bool {
@@ -337,11 +346,14 @@ func TestMayInstallHookNotNowThreeTimesThenGoInstallsOnTheFourthEvaluation(t *te
 		if d["waitingFor"] != "install" || d["until"] != "" || runs() != n {
 			t.Fatalf("evaluation %d: %v, hook ran %d times", n, d, runs())
 		}
+		h.parked(parked)
+		parked = h.clk.Registered()
+		h.advance(4 * time.Minute)
 		time.Sleep(100 * time.Millisecond)
 		if runs() != n {
 			t.Fatalf("the hook ran %d times before the recheck was due", runs())
 		}
-		h.advance(5 * time.Minute)
+		h.advance(time.Minute)
 	}
 	ex := h.waitTerminal("consent")
 	if ex.Status != "SUCCEEDED" || runs() != 4 {
@@ -421,6 +433,7 @@ func TestMeteredLinkKeepsTheJobQueuedUntilTheLinkIsNot(t *testing.T) {
 	h.publish("run.sh", script)
 	work := filepath.Join(h.appRoot, "w")
 	h.createJob("lte", h.seedDoc("run.sh", script, "2.0", work))
+	parked := h.clk.Registered()
 	h.run()
 	h.waitFor("the wait to be journaled", func() bool {
 		j, err := (&ota.Store{Dir: h.cfg.StateDir}).Load()
@@ -430,6 +443,7 @@ func TestMeteredLinkKeepsTheJobQueuedUntilTheLinkIsNot(t *testing.T) {
 		t.Fatalf("on a metered link: %s, %d bytes fetched", ex.Status, h.s3Bytes())
 	}
 	nm.SetMust(nmtest.Service, "Metered", uint32(4)) // guess-no: the van is back on Wi-Fi
+	h.parked(parked)
 	h.advance(5 * time.Minute)
 	if ex := h.waitTerminal("lte"); ex.Status != "SUCCEEDED" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
@@ -528,11 +542,12 @@ func TestMayRebootHookKeepsAWrittenSlotUnswitchedUntilItSaysGo(t *testing.T) {
 	if err != nil || b.Slot != "a" || b.Version != "1.0.0" {
 		t.Fatalf("after the power cut the board booted %+v, %v", b, err)
 	}
+	parked := h.clk.Registered()
 	stop = r.boot(nil)
-	h.waitFor("the wait to resume", func() bool {
-		j, err := (&ota.Store{Dir: h.cfg.StateDir}).Load()
-		return err == nil && j.State == ota.StateWaitActivate && j.Restarts == 1
-	})
+	h.parked(parked)
+	if j := h.journal(); j.State != ota.StateWaitActivate || j.Restarts != 1 {
+		t.Fatalf("after the power cut: %s, %d restarts", j.State, j.Restarts)
+	}
 	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try {
 		t.Fatalf("switched while waiting: %+v", st)
 	}

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+	// The zone database inside the agent (~450 KB): a configured policy.time_zone must not
+	// depend on a root file system that ships /usr/share/zoneinfo.
+	_ "time/tzdata"
 
 	"github.com/fieldota/fieldota/agent/policy"
 )
