@@ -48,22 +48,23 @@ func sameBytes(ctx context.Context, path string, size int64, sum []byte) bool {
 	if device {
 		limit = size
 	}
+	// In chunks, so that a shutdown does not wait for a whole slot image to be read.
 	h := sha256.New()
-	n, err := io.Copy(h, &ctxReader{ctx: ctx, r: io.LimitReader(f, limit)})
-	return err == nil && n == size && bytes.Equal(h.Sum(nil), sum)
-}
-
-// ctxReader stops a long read when the agent shuts down.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
+	var n int64
+	for n < limit {
+		if ctx.Err() != nil {
+			return false
+		}
+		m, err := io.CopyN(h, f, min(limit-n, 4<<20))
+		n += m
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return false
+		}
 	}
-	return c.r.Read(p)
+	return n == size && bytes.Equal(h.Sum(nil), sum)
 }
 
 // filesRun: every file of the release is in its working directory, as signed.

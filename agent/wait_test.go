@@ -76,6 +76,23 @@ func (h *harness) journal() *ota.Journal {
 	return j
 }
 
+// absent fails the test when path exists.
+func (h *harness) absent(path, why string) {
+	h.t.Helper()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		h.t.Fatalf("%s: %s exists", why, path)
+	}
+}
+
+// stagingGone waits until the job's staging directory is removed.
+func (h *harness) stagingGone(id string) {
+	h.t.Helper()
+	h.waitFor("the staged payload to be removed", func() bool {
+		_, err := os.Stat(filepath.Join(h.cfg.StateDir, "staging", id+"-1"))
+		return errors.Is(err, os.ErrNotExist)
+	})
+}
+
 // parked waits until the agent waits on the clock again, after the n-th After (Registered).
 func (h *harness) parked(n int) {
 	h.t.Helper()
@@ -178,9 +195,7 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 	if ex := h.execution("later"); ex.ApproximateSecondsBeforeTimedOut < int64(3*time.Hour/time.Second)-60 {
 		t.Fatalf("step timer %d s does not cover the three-hour wait", ex.ApproximateSecondsBeforeTimedOut)
 	}
-	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("installed outside the window")
-	}
+	h.absent(filepath.Join(work, "run.sh"), "installed outside the window")
 	if err := child.Process.Kill(); err != nil { // kill -9 while waiting
 		t.Fatal(err)
 	}
@@ -202,9 +217,7 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 	if ex := h.execution("later"); ex.Status != "IN_PROGRESS" || ex.StatusDetails.DetailsMap["stage"] != "waiting" {
 		t.Fatalf("a minute before the window: %s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
-	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("installed outside the window")
-	}
+	h.absent(filepath.Join(work, "run.sh"), "installed outside the window")
 	v = h.execution("later").VersionNumber
 	parked := h.clk.Registered()
 	h.run()
@@ -251,9 +264,7 @@ func TestStagedPayloadChangedWhileWaitingIsRefusedAtTheInstall(t *testing.T) {
 	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "DIGEST_MISMATCH" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
-	if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("changed staged bytes were placed")
-	}
+	h.absent(filepath.Join(work, "run.sh"), "changed staged bytes were placed")
 }
 
 // TestWaitThatCannotFitTheInProgressTimeoutFailsWithItsOwnReason (docs/update-policy.md, "When
@@ -300,13 +311,8 @@ func TestWaitThatCannotFitTheInProgressTimeoutFailsWithItsOwnReason(t *testing.T
 				t.Fatalf("%s %v", ex.Status, d)
 			}
 			h.neverTimedOut("tight")
-			if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
-				t.Fatal("installed")
-			}
-			h.waitFor("the staged payload to be removed", func() bool {
-				_, err := os.Stat(filepath.Join(h.cfg.StateDir, "staging", "tight-1"))
-				return errors.Is(err, os.ErrNotExist)
-			})
+			h.absent(filepath.Join(work, "run.sh"), "installed")
+			h.stagingGone("tight")
 		})
 	}
 }
@@ -402,10 +408,7 @@ func TestPolicyRefusalBeforeAndAfterTheStart(t *testing.T) {
 			if ents, _ := os.ReadDir(work); len(ents) != 1 {
 				t.Fatalf("left behind in %s: %v", work, ents)
 			}
-			h.waitFor("the staging directory to go", func() bool {
-				_, err := os.Stat(filepath.Join(h.cfg.StateDir, "staging", "no-1"))
-				return errors.Is(err, os.ErrNotExist)
-			})
+			h.stagingGone("no")
 			if c.phase == "download" {
 				if h.s3Bytes() != 0 {
 					t.Fatalf("%d bytes downloaded before the refusal", h.s3Bytes())
@@ -492,9 +495,7 @@ func TestCancelWhileWaitingIsNoticedAtOnce(t *testing.T) {
 			if ex := h.execution("waits"); ex.Status != "CANCELED" {
 				t.Fatalf("status %s", ex.Status)
 			}
-			if _, err := os.Stat(filepath.Join(work, "run.sh")); !errors.Is(err, os.ErrNotExist) {
-				t.Fatal("installed after the cancel")
-			}
+			h.absent(filepath.Join(work, "run.sh"), "installed after the cancel")
 			// The agent is free again: a job created now is taken (and waits in its turn).
 			h.createJob("after", h.seedDoc("next.sh", next, "2.1", work))
 			h.waitFor("the next job to be taken", func() bool {
@@ -563,6 +564,16 @@ func TestMayRebootHookKeepsAWrittenSlotUnswitchedUntilItSaysGo(t *testing.T) {
 	r.boot(nil) // the reboot, into b
 	if ex := h.waitTerminal("ab"); ex.Status != "SUCCEEDED" || ex.StatusDetails.DetailsMap["slot"] != "b" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	// The same release again: the booted slot holds it (read back), so nothing is fetched, no
+	// hook is asked, nothing reboots.
+	_ = os.Remove(r.marker)
+	_ = os.WriteFile(answer, []byte("75\n"), 0o644)
+	fetched := h.s3Bytes()
+	r.job("again", img, "2.0.0")
+	ex := h.waitTerminal("again")
+	if ex.Status != "SUCCEEDED" || ex.StatusDetails.DetailsMap["alreadyInstalled"] != "true" || h.s3Bytes() != fetched || r.rebootRequested() {
+		t.Fatalf("the installed slot again: %s %v, %d bytes fetched", ex.Status, ex.StatusDetails.DetailsMap, h.s3Bytes()-fetched)
 	}
 }
 
