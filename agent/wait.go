@@ -153,10 +153,14 @@ func (a *Agent) wait(ctx context.Context, j *ota.Journal, s ota.State, g policy.
 		if report {
 			learned, ev, err := a.reportWaiting(jctx, j, now)
 			switch {
-			case canceled():
+			case canceled() || ev == ota.EvCancel:
 				return a.waitCanceled(ctx, j, s), nil
-			case err != nil || ev != "":
-				return ev, err
+			case ev == ota.EvFail: // the service refused the update for good (recorded)
+				a.discard(ctx, j, s)
+				j.Wait = nil
+				return ev, nil
+			case err != nil:
+				return "", err
 			case learned:
 				if err := a.store.Save(j); err != nil {
 					return "", err

@@ -639,3 +639,29 @@ func TestAlreadyInstalledSucceedsWithoutADownloadUnlessTheReleaseSignsForce(t *t
 		}
 	}
 }
+
+// TestMayRebootHookRefusalMarksTheWrittenSlotBad: the slot was written during the download; a
+// refusal before the switch reports FAILED with the hook's reason and marks the slot bad, so no
+// fallback of the bootloader ever boots the refused software; the old slot stays the one booted.
+func TestMayRebootHookRefusalMarksTheWrittenSlotBad(t *testing.T) {
+	env := fileEnv(t, slot.Env{slot.VarSlot: "a", slot.VarTry: "0"})
+	r := newSlotRig(t, env, config.Slot{Bootloader: "file", EnvFile: env.Path})
+	h := r.h
+	hook := h.hookScript("may-reboot", `echo "fleet owner: not this release"; exit 3`)
+	slotCfg, healthCfg := h.cfg.Slot, h.cfg.Health
+	h.addConfig(fmt.Sprintf("[policy.reboot]\nhooks = [[%q]]\n", hook))
+	h.cfg.Slot, h.cfg.Health = slotCfg, healthCfg
+	r.job("ab", bootsim.Image("2.0.0", bootsim.ImageOpts{}), "2.0.0")
+	r.boot(nil)
+	ex := h.waitTerminal("ab")
+	d := ex.StatusDetails.DetailsMap
+	if ex.Status != "FAILED" || d["reason"] != "POLICY_REFUSED" || !strings.Contains(d["detail"], "fleet owner: not this release") || d["waitingFor"] != "reboot" {
+		t.Fatalf("%s %v", ex.Status, d)
+	}
+	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try || !st.Bad["b"] || r.rebootRequested() {
+		t.Fatalf("after the refusal the environment is %+v (reboot requested: %v)", st, r.rebootRequested())
+	}
+	if inst, _ := loadInstalled(h.cfg.StateDir); inst["slot"].Version != "1.0.0" {
+		t.Fatalf("installed %v", inst)
+	}
+}
