@@ -243,14 +243,20 @@ func (a *Agent) reportWaiting(ctx context.Context, j *ota.Journal, now time.Time
 	if !w.Until.IsZero() {
 		d["until"] = w.Until.UTC().Format(time.RFC3339)
 	}
+	// The step timer ends no earlier than this (it starts when the service applies the update).
+	stepEnds := a.clock.Now().Add(time.Duration(minutes) * time.Minute)
 	if ev, err := a.inProgressStep(ctx, j, d, minutes); ev != "" || err != nil {
 		return false, ev, err
 	}
 	exec, err := a.api.Describe(ctx, jobs.DescribeInput{JobID: j.JobID, ExecutionNumber: j.ExecutionNumber})
+	asked := a.clock.Now()
+	if err == nil && exec != nil {
+		a.log.Debug("waiting reported", "job", j.JobID, "stepMinutes", minutes, "secondsLeft", exec.ApproximateSecondsBeforeTimedOut)
+	}
 	if err == nil && exec != nil && exec.ApproximateSecondsBeforeTimedOut > 0 {
 		left := time.Duration(exec.ApproximateSecondsBeforeTimedOut) * time.Second
-		if left+deadlineTolerance < time.Duration(minutes)*time.Minute {
-			at := now.Add(left)
+		if left+deadlineTolerance < stepEnds.Sub(asked) {
+			at := asked.Add(left)
 			// The deadline is fixed; answers only round it. Keep the earliest seen.
 			if w.TimesOut.IsZero() || at.Before(w.TimesOut) {
 				w.TimesOut = at

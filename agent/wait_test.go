@@ -93,6 +93,16 @@ func (h *harness) stagingGone(id string) {
 	})
 }
 
+// offline waits until the broker has let go of the stopped agent's connection. mochi v2.7.9
+// cleans up a clean-session client after its read loop ends, by client id: a new connection of
+// the same thing made before that cleanup loses its subscriptions to it (and never hears an
+// answer again), so a restart in a test waits for the cleanup, as a real reboot does.
+func (h *harness) offline() {
+	h.t.Helper()
+	h.waitFor("the broker to drop the old connection", func() bool { return h.sim.DisconnectThing(thing) != nil })
+	time.Sleep(100 * time.Millisecond) // Closed comes just before the cleanup by id
+}
+
 // parked waits until the agent waits on the clock again, after the n-th After (Registered).
 func (h *harness) parked(n int) {
 	h.t.Helper()
@@ -200,6 +210,7 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 		t.Fatal(err)
 	}
 	_ = child.Wait()
+	h.offline()
 	if j := h.journal(); j.State != ota.StateWaitInstall {
 		t.Fatalf("after the kill the journal is in %s", j.State)
 	}
@@ -213,6 +224,7 @@ func TestInstallWindowLaterDownloadsNowWaitsThroughKillAndRebootAndInstallsAtThe
 	stop := h.run()
 	h.waitFor("the resumed wait to be reported", func() bool { return h.execution("later").VersionNumber > v })
 	stop()
+	h.offline()
 	h.advance(time.Hour + 59*time.Minute)
 	if ex := h.execution("later"); ex.Status != "IN_PROGRESS" || ex.StatusDetails.DetailsMap["stage"] != "waiting" {
 		t.Fatalf("a minute before the window: %s %v", ex.Status, ex.StatusDetails.DetailsMap)
@@ -253,8 +265,10 @@ func TestStagedPayloadChangedWhileWaitingIsRefusedAtTheInstall(t *testing.T) {
 	h.publish("run.sh", script)
 	work := filepath.Join(h.appRoot, "w")
 	h.createJob("stale", h.seedDoc("run.sh", script, "2.0", work))
+	parked := h.clk.Registered()
 	h.run()
 	h.waitDetails("stale", "stage=waiting", func(s string, d map[string]string) bool { return d["stage"] == "waiting" })
+	h.parked(parked)
 	evil := []byte("#!/bin/sh\necho evil\n")
 	if err := os.WriteFile(h.journal().Staged[0].Path, evil, 0o600); err != nil {
 		t.Fatal(err)
@@ -539,6 +553,7 @@ func TestMayRebootHookKeepsAWrittenSlotUnswitchedUntilItSaysGo(t *testing.T) {
 		t.Fatalf("switched while waiting: %+v (%s → %s)", st, envBefore, envNow)
 	}
 	stop() // power cut; the board comes up again (and once more in r.boot: the same slot)
+	h.offline()
 	b, err := r.board.Boot(context.Background())
 	if err != nil || b.Slot != "a" || b.Version != "1.0.0" {
 		t.Fatalf("after the power cut the board booted %+v, %v", b, err)
@@ -561,6 +576,7 @@ func TestMayRebootHookKeepsAWrittenSlotUnswitchedUntilItSaysGo(t *testing.T) {
 		t.Fatalf("after go the environment is %+v", st)
 	}
 	stop()
+	h.offline()
 	r.boot(nil) // the reboot, into b
 	if ex := h.waitTerminal("ab"); ex.Status != "SUCCEEDED" || ex.StatusDetails.DetailsMap["slot"] != "b" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
