@@ -13,6 +13,7 @@ require (
 	github.com/aws/smithy-go v1.28.9
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/foxboron/go-tpm-keyfiles v0.0.0-20260902202739-8c9c2d1005f4
+	github.com/godbus/dbus/v5 v5.2.4
 	github.com/google/go-tpm v0.9.9-0.20260124013517-8f8f42cba0de
 	github.com/hashicorp/go-retryablehttp v0.7.8
 	github.com/miekg/pkcs11 v1.1.2

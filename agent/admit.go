@@ -155,6 +155,16 @@ func (a *Agent) startJob(ctx context.Context, exec *jobs.JobExecution) error {
 	j.TargetKey = jb.key
 	j.Version = jb.rel.Version
 	j.PreviousVersion = inst[jb.key].Version
+	if a.alreadyRuns(ctx, jb) {
+		// Nothing to download, install or reboot: done at once (a signed force reinstalls).
+		a.log.Info("release already installed", "job", exec.JobID, "version", jb.rel.Version)
+		j.Report = &ota.Report{Status: string(jobs.Succeeded), Details: details(j, "done", map[string]string{"alreadyInstalled": "true"})}
+		j.State = ota.StateReport
+		return a.runJournal(ctx, j, false)
+	}
+	if exec.Status != jobs.Queued {
+		j.Data = map[string]string{dataStartedBefore: "true"}
+	}
 	return a.runJournal(ctx, j, false)
 }
 

@@ -28,6 +28,7 @@ type Agent struct {
 	trust     *verify.TrustStore
 	log       *slog.Logger
 	now       func() time.Time
+	clock     Clock
 	store     *ota.Store
 	machine   *ota.Machine
 	upd       *updater
@@ -59,6 +60,8 @@ type Options struct {
 	Trust  *verify.TrustStore // nil only with verify.allow_unsigned
 	Logger *slog.Logger
 	Now    func() time.Time
+	// Clock, when set, is the agent's time (Now included); nil is the wall clock.
+	Clock Clock
 	// OnTransition is called after each persisted transition (tests kill the agent there).
 	OnTransition func(*ota.Journal)
 }
@@ -75,8 +78,13 @@ func New(o Options) *Agent {
 	if now == nil {
 		now = time.Now
 	}
+	clock := o.Clock
+	if clock == nil {
+		clock = wallClock{now}
+	}
+	now = clock.Now
 	a := &Agent{
-		cfg: o.Config, trust: o.Trust, log: log, jobLog: jl, now: now, retryWait: time.Second,
+		cfg: o.Config, trust: o.Trust, log: log, jobLog: jl, now: now, clock: clock, retryWait: time.Second,
 		store:   &ota.Store{Dir: o.Config.StateDir, Now: now},
 		wake:    make(chan struct{}, 1),
 		recheck: make(chan struct{}, 1),

@@ -38,6 +38,10 @@ type harness struct {
 	onTransition func(*ota.Journal)
 	// cancel stops the running agent without waiting for it (a callback may be blocking it).
 	cancel context.CancelFunc
+	// clk is the time of the emulator and of every agent the harness starts.
+	clk *clock
+	// cfgPath and cfgBody are the agent's configuration file (addConfig extends it).
+	cfgPath, cfgBody string
 
 	mu     sync.Mutex
 	events []jobsim.Event
@@ -50,24 +54,68 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// clock is a wall clock that a test can move forward (to expire presigned URLs).
+// clock is a wall clock that a test can move forward (to expire presigned URLs, to reach a
+// maintenance window): time passes as usual, and Advance jumps, firing every After whose
+// deadline it passes. The emulator and the agent share it.
 type clock struct {
-	mu   sync.Mutex
-	skew time.Duration
+	mu         sync.Mutex
+	skew       time.Duration
+	waiters    []waiter
+	registered int // Afters asked for so far: a test waits for the agent to park on one
 }
 
-func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.skew) }
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.skew += d; c.mu.Unlock() }
+type waiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.skew) }
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.skew += d
+	c.mu.Unlock()
+	c.fire()
+}
+
+// After fires when the clock, by passing time or by Advance, reaches now+d.
+func (c *clock) After(d time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	c.mu.Lock()
+	c.waiters = append(c.waiters, waiter{at: time.Now().Add(c.skew + d), ch: ch})
+	c.registered++
+	c.mu.Unlock()
+	time.AfterFunc(d, c.fire) // the skew only grows: real time reaches the deadline no later
+	return ch
+}
+
+// Registered counts the Afters asked for so far.
+func (c *clock) Registered() int { c.mu.Lock(); defer c.mu.Unlock(); return c.registered }
+
+func (c *clock) fire() {
+	now := c.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if w.at.After(now) {
+			kept = append(kept, w)
+			continue
+		}
+		w.ch <- now
+	}
+	c.waiters = kept
+}
 
 func newHarness(t *testing.T) *harness { return newHarnessClock(t, nil) }
 
 func newHarnessClock(t *testing.T, clk *clock) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: t.TempDir()}
-	var now func() time.Time
-	if clk != nil {
-		now = clk.Now
+	if clk == nil {
+		clk = &clock{}
 	}
+	h := &harness{t: t, dir: t.TempDir(), clk: clk}
+	now := clk.Now
 	h.artifacts = filepath.Join(h.dir, "artifacts")
 	h.appRoot = filepath.Join(h.dir, "app")
 	for _, d := range []string{filepath.Join(h.artifacts, "bucket"), h.appRoot} {
@@ -110,14 +158,23 @@ stall_timeout = "5s"
 allowed_roots = [%q]
 autostart_timeout = "10s"
 `, thing, filepath.Join(h.dir, "state"), sim.MQTTURL(), pub, h.appRoot)
-	cfgPath := filepath.Join(h.dir, "agent.toml")
-	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if h.cfg, err = config.Load(cfgPath); err != nil {
-		t.Fatal(err)
-	}
+	h.cfgPath, h.cfgBody = filepath.Join(h.dir, "agent.toml"), body
+	h.addConfig("")
 	return h
+}
+
+// addConfig appends TOML to the agent's configuration and loads it again (call it before
+// changing h.cfg by hand).
+func (h *harness) addConfig(toml string) {
+	h.t.Helper()
+	h.cfgBody += toml
+	if err := os.WriteFile(h.cfgPath, []byte(h.cfgBody), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	var err error
+	if h.cfg, err = config.Load(h.cfgPath); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // publish puts an artifact in the emulator's bucket.
@@ -168,7 +225,7 @@ func (h *harness) run() func() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	a := New(Options{Config: h.cfg, Trust: trust, Logger: log, OnTransition: h.onTransition})
+	a := New(Options{Config: h.cfg, Trust: trust, Logger: log, Clock: h.clk, OnTransition: h.onTransition})
 	a.retryWait = 50 * time.Millisecond
 	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
 		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext,

@@ -34,6 +34,7 @@ func init() {
 				c, err := a.filesDir(r)
 				return "files:" + c.Path, err
 			},
+			runs: a.filesRun,
 		}
 	})
 }

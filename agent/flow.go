@@ -22,6 +22,12 @@ type flow struct {
 	// key resolves where a release installs, refusing a location that is not safe (UNSAFE_PATH)
 	// or not configured; the result is what installed.json records the release under.
 	key func(r *verify.Release) (string, error)
+	// runs, when set, tells whether the bytes of r are what runs at its place now (read back
+	// from the disk): with the installed record it makes "already installed".
+	runs func(ctx context.Context, r *verify.Release) bool
+	// discard, when set, undoes what the download wrote outside the staging directory, for a
+	// job that ends before its install (an A/B slot written in place is marked bad).
+	discard func(ctx context.Context, j *ota.Journal) error
 }
 
 // flows holds each target's flow constructor; every target registers itself from its own file

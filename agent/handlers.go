@@ -18,15 +18,19 @@ import (
 	"github.com/fieldota/fieldota/ota/reason"
 )
 
-// handlers maps each state to its work. accept, download, verify, report and cleanup are the
-// same for every target; the states in between are the target's flow (flow.go).
+// handlers maps each state to its work. The waiting states (wait.go), accept, download, verify,
+// report and cleanup are the same for every target; the states in between are the target's flow
+// (flow.go).
 func (a *Agent) handlers() map[ota.State]ota.Handler {
 	h := map[ota.State]ota.Handler{
-		ota.StateAccept:   a.accept,
-		ota.StateDownload: a.download,
-		ota.StateVerify:   a.verifyStaged,
-		ota.StateReport:   a.report,
-		ota.StateCleanup:  a.cleanup,
+		ota.StateWaitDownload: a.waitState(ota.StateWaitDownload),
+		ota.StateWaitInstall:  a.waitState(ota.StateWaitInstall),
+		ota.StateWaitActivate: a.waitState(ota.StateWaitActivate),
+		ota.StateAccept:       a.accept,
+		ota.StateDownload:     a.download,
+		ota.StateVerify:       a.verifyStaged,
+		ota.StateReport:       a.report,
+		ota.StateCleanup:      a.cleanup,
 	}
 	for _, s := range []ota.State{ota.StateInstall, ota.StateReboot, ota.StateSelftest, ota.StateCommit, ota.StateRollback} {
 		h[s] = a.dispatch(s)
@@ -54,7 +58,12 @@ func details(j *ota.Journal, stage string, extra map[string]string) map[string]s
 // when the service has ended the execution, EvFail (with the report set) when it refuses the
 // update for good, and "" when the stage may go on.
 func (a *Agent) inProgress(ctx context.Context, j *ota.Journal, d map[string]string) (ota.Event, error) {
-	err := a.retryTransient(ctx, func() error { return a.upd.inProgress(ctx, j, d) })
+	return a.inProgressStep(ctx, j, d, a.upd.stepTimeout)
+}
+
+// inProgressStep is inProgress with a step timer of its own.
+func (a *Agent) inProgressStep(ctx context.Context, j *ota.Journal, d map[string]string, stepMinutes int64) (ota.Event, error) {
+	err := a.retryTransient(ctx, func() error { return a.upd.inProgressStep(ctx, j, d, stepMinutes) })
 	switch {
 	case err == nil:
 		return "", nil

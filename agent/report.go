@@ -50,12 +50,17 @@ const maxVersionAdoptions = 5
 // inProgress reports IN_PROGRESS with the complete statusDetails map and refreshes the step
 // timer. A VersionMismatch is resolved once by adopting the service's version.
 func (u *updater) inProgress(ctx context.Context, j *ota.Journal, details map[string]string) error {
+	return u.inProgressStep(ctx, j, details, u.stepTimeout)
+}
+
+// inProgressStep is inProgress with a step timer of its own (a wait covers more than a step).
+func (u *updater) inProgressStep(ctx context.Context, j *ota.Journal, details map[string]string, stepMinutes int64) error {
 	in := jobs.UpdateInput{
 		Status:                   jobs.InProgress,
 		StatusDetails:            ota.SanitizeDetails(details),
 		ExecutionNumber:          j.ExecutionNumber,
 		IncludeJobExecutionState: true,
-		StepTimeoutInMinutes:     u.stepTimeout,
+		StepTimeoutInMinutes:     stepMinutes,
 	}
 	for attempt := 0; ; attempt++ {
 		if j.VersionNumber > 0 {

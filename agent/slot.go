@@ -38,9 +38,11 @@ func init() {
 				ota.StateCommit:   s.commit,
 				ota.StateRollback: s.rollback,
 			},
-			ready: s.ready,
-			sink:  s.sink,
-			key:   func(*verify.Release) (string, error) { return "slot", nil },
+			ready:   s.ready,
+			sink:    s.sink,
+			key:     func(*verify.Release) (string, error) { return "slot", nil },
+			runs:    s.runs,
+			discard: s.discard,
 		}
 	})
 }
@@ -142,6 +144,29 @@ func (s *slotFlow) sink(j *ota.Journal, i int) (sinkCloser, error) {
 	j.Staged[i].Path = path
 	s.a.log.Info("downloading into the inactive slot", "job", j.JobID, "slot", target, "device", path)
 	return f, nil
+}
+
+// runs: the booted slot holds the release's image (read back from the device).
+func (s *slotFlow) runs(ctx context.Context, r *verify.Release) bool {
+	booted, err := s.booted()
+	return err == nil && len(r.Files) == 1 && sameBytes(ctx, s.pair().Path(booted), r.Files[0].Size, r.Files[0].SHA256)
+}
+
+// discard marks a slot written by a job that ends before its switch as bad, and makes sure the
+// environment boots the running slot: no fallback of the bootloader ever boots software the
+// policy refused or the operator canceled.
+func (s *slotFlow) discard(ctx context.Context, j *ota.Journal) error {
+	if j.Slot == "" {
+		return nil
+	}
+	booted, err := s.booted()
+	if err != nil {
+		return err
+	}
+	if booted == j.Slot {
+		return reason.Errorf(reason.Internal, "refusing to mark the running slot %s bad", booted)
+	}
+	return slot.Revert(ctx, s.bootloader(), booted, j.Slot)
 }
 
 func (s *slotFlow) details(j *ota.Journal, stage string, extra map[string]string) map[string]string {

@@ -84,7 +84,7 @@ func (r *slotRig) boot(onTransition func(*ota.Journal)) (stop func()) {
 	if err != nil {
 		r.h.t.Fatal(err)
 	}
-	a := New(Options{Config: r.h.cfg, Trust: trust, Logger: log, OnTransition: onTransition})
+	a := New(Options{Config: r.h.cfg, Trust: trust, Logger: log, Clock: r.h.clk, OnTransition: onTransition})
 	a.retryWait = 50 * time.Millisecond
 	cl, err := jobs.Dial(ctx, jobs.Config{Endpoint: r.h.cfg.MQTT.Endpoint, ThingName: thing, Logger: log,
 		RequestTimeout: 2 * time.Second, OnConnect: func(context.Context) { a.Wake() }, OnNotifyNext: a.NotifyNext,

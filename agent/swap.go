@@ -39,6 +39,7 @@ func init() {
 			},
 			ready: func() error { _, _, err := a.swapTarget(); return err },
 			key:   a.binaryKey,
+			runs:  a.binaryRuns,
 		}
 	})
 }

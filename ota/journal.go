@@ -47,6 +47,9 @@ type Journal struct {
 	// installer owns its keys without widening this struct.
 	Data map[string]string `json:"data,omitempty"`
 
+	// Wait is set while the update policy says "not now" (the waiting states).
+	Wait *Wait `json:"wait,omitempty"`
+
 	Progress int     `json:"progress,omitempty"` // last reported download percent
 	Report   *Report `json:"report,omitempty"`   // set once the terminal status is decided
 }
@@ -59,6 +62,18 @@ type Staged struct {
 	Size       int64  `json:"size"`
 	SHA256     string `json:"sha256,omitempty"` // hex, set once the download completed
 	Mode       uint32 `json:"mode,omitempty"`
+}
+
+// Wait is what a job waits for while the update policy says not now (docs/update-policy.md).
+type Wait struct {
+	Phase  string    `json:"phase"`            // download | install | reboot | restart
+	Since  time.Time `json:"since"`            // the first "not now" of this phase
+	Until  time.Time `json:"until,omitempty"`  // when a window opens, when known
+	Reason string    `json:"reason,omitempty"` // one line: the hook's or the policy's
+	// ReportBy is when the waiting report, and with it the step timer, must be renewed.
+	ReportBy time.Time `json:"reportBy,omitempty"`
+	// TimesOut is the execution's in-progress deadline, once the service's answers revealed it.
+	TimesOut time.Time `json:"timesOut,omitempty"`
 }
 
 // Report is a terminal status as it will be sent in UpdateJobExecution.

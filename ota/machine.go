@@ -59,11 +59,11 @@ func (m *Machine) now() time.Time {
 	return time.Now()
 }
 
-// Begin persists a new job and runs it from j.State, StateAccept when empty (a job refused
+// Begin persists a new job and runs it from j.State, StateFirst when empty (a job refused
 // before it started begins directly in StateReport).
 func (m *Machine) Begin(ctx context.Context, j *Journal) error {
 	if j.State == "" {
-		j.State = StateAccept
+		j.State = StateFirst
 	}
 	j.StartedAt = m.now().UTC()
 	if err := m.enter(j); err != nil {
@@ -81,6 +81,11 @@ func (m *Machine) ResumeJournal(ctx context.Context, j *Journal) error {
 	m.log().Info("resuming job", "job", j.JobID, "execution", j.ExecutionNumber, "state", j.State, "resume", r)
 	j.State = r
 	j.Restarts++
+	if Waiting(r) {
+		// A device may reboot many times while a job waits days for its window: a restart
+		// in a waiting state runs nothing new and is no loop.
+		j.Transitions--
+	}
 	if err := m.enter(j); err != nil {
 		return err
 	}

@@ -34,8 +34,8 @@ func TestStateGraphIsClosed(t *testing.T) {
 		}
 	}
 	// Every state but done leaves somewhere, every state has a resume rule, and every state is
-	// reachable from accept.
-	reach := map[State]bool{StateAccept: true}
+	// reachable from the first state.
+	reach := map[State]bool{StateFirst: true}
 	for changed := true; changed; {
 		changed = false
 		for s := range reach {
@@ -164,7 +164,7 @@ func TestFilesFlowRunsInOrderAndRemovesJournal(t *testing.T) {
 	if err := m.Begin(context.Background(), &Journal{JobID: "job1", ExecutionNumber: 1}); err != nil {
 		t.Fatal(err)
 	}
-	want := []State{StateAccept, StateDownload, StateVerify, StateInstall, StateReport, StateCleanup}
+	want := []State{StateWaitDownload, StateAccept, StateDownload, StateVerify, StateWaitInstall, StateWaitActivate, StateInstall, StateReport, StateCleanup}
 	if !reflect.DeepEqual(r.chain, want) {
 		t.Fatalf("chain %v, want %v", r.chain, want)
 	}
@@ -370,5 +370,39 @@ func TestRollbackThatLoopsTooLongStillEndsInAReport(t *testing.T) {
 	}
 	if r.reported == nil || r.reported.Details["reason"] != "INTERNAL" {
 		t.Fatalf("report %+v", r.reported)
+	}
+}
+
+// TestRebootsWhileWaitingAreNoLoop: a job waiting days for its window sees the device restart
+// again and again; the loop breaker must not count those restarts and fail the job afterwards.
+func TestRebootsWhileWaitingAreNoLoop(t *testing.T) {
+	st := &Store{Dir: t.TempDir()}
+	r := &recorder{runs: map[State]int{}}
+	h := r.handlers()
+	stopped := func(ctx context.Context, j *Journal) (Event, error) { return "", context.Canceled }
+	h[StateWaitInstall] = stopped
+	m := &Machine{Store: st, Handlers: h, MaxTransitions: 12}
+	if err := m.Begin(context.Background(), &Journal{JobID: "w"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("begin: %v", err)
+	}
+	for i := 0; i < 3*m.MaxTransitions; i++ {
+		j, err := st.Load()
+		if err != nil || j.State != StateWaitInstall {
+			t.Fatalf("restart %d: journal %+v %v", i, j, err)
+		}
+		if err := m.ResumeJournal(context.Background(), j); !errors.Is(err, context.Canceled) {
+			t.Fatalf("restart %d: %v", i, err)
+		}
+	}
+	h[StateWaitInstall] = r.handlers()[StateWaitInstall]
+	j, _ := st.Load()
+	if err := m.ResumeJournal(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	if r.reported != nil && r.reported.Status != "SUCCEEDED" {
+		t.Fatalf("the waits were counted as a loop: %+v", r.reported)
+	}
+	if r.chain[len(r.chain)-1] != StateCleanup || r.runs[StateInstall] != 1 {
+		t.Fatalf("chain %v", r.chain)
 	}
 }

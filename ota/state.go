@@ -12,12 +12,24 @@ type State string
 
 // The states of a job, in the order a successful job meets them.
 const (
+	// StateWaitDownload: the device's update policy (docs/update-policy.md) is asked whether
+	// the payload may be downloaded now; while it says not now the execution stays QUEUED
+	// (nothing started, nothing to time out) and the journal says what it waits for.
+	StateWaitDownload State = "wait-download"
 	// StateAccept: the job is ours; tell the service IN_PROGRESS (stage=download, step timer).
 	StateAccept State = "accept"
 	// StateDownload: fetch the payload into the staging sink, resumable from the checkpoint.
 	StateDownload State = "download"
 	// StateVerify: signature, digest, size and policy over the staged payload.
 	StateVerify State = "verify"
+	// StateWaitInstall: the payload is downloaded and verified; the policy is asked whether it
+	// may be installed now. Waiting is reported (stage=waiting) with a step timer covering it.
+	StateWaitInstall State = "wait-install"
+	// StateWaitActivate: the policy is asked whether the new software may be activated now —
+	// a reboot into the slot, a restart of the binary, the start of a files release's program —
+	// before anything is switched, swapped or placed, so that a power cut while waiting
+	// leaves the old software running and booting.
+	StateWaitActivate State = "wait-activate"
 	// StateInstall: place files, swap a binary, or write/finish an A/B slot.
 	StateInstall State = "install"
 	// StateReboot: the bootloader is set to try the new slot and a reboot was requested; on
@@ -39,8 +51,17 @@ const (
 )
 
 // States lists every state, for tests and for `fieldota-agent status`.
-var States = []State{StateAccept, StateDownload, StateVerify, StateInstall, StateReboot,
-	StateSelftest, StateCommit, StateRollback, StateReport, StateCleanup, StateDone}
+var States = []State{StateWaitDownload, StateAccept, StateDownload, StateVerify, StateWaitInstall,
+	StateWaitActivate, StateInstall, StateReboot, StateSelftest, StateCommit, StateRollback, StateReport,
+	StateCleanup, StateDone}
+
+// StateFirst is where a new job begins.
+const StateFirst = StateWaitDownload
+
+// Waiting tells whether s is one of the policy's waiting states.
+func Waiting(s State) bool {
+	return s == StateWaitDownload || s == StateWaitInstall || s == StateWaitActivate
+}
 
 // Event is what a handler returns to say how its state ended.
 type Event string
@@ -58,9 +79,15 @@ const (
 // transitions is the whole state graph. A pair that is missing is a bug in a handler, and the
 // machine turns it into an INTERNAL failure report instead of guessing.
 var transitions = map[State]map[Event]State{
-	StateAccept:   {EvOK: StateDownload, EvFail: StateReport, EvCancel: StateCleanup},
-	StateDownload: {EvOK: StateVerify, EvFail: StateReport, EvCancel: StateCleanup},
-	StateVerify:   {EvOK: StateInstall, EvFail: StateReport, EvCancel: StateCleanup},
+	// A refusal here is REJECTED (the execution is still QUEUED); a cancel has nothing to undo.
+	StateWaitDownload: {EvOK: StateAccept, EvFail: StateReport, EvCancel: StateCleanup},
+	StateAccept:       {EvOK: StateDownload, EvFail: StateReport, EvCancel: StateCleanup},
+	StateDownload:     {EvOK: StateVerify, EvFail: StateReport, EvCancel: StateCleanup},
+	StateVerify:       {EvOK: StateWaitInstall, EvFail: StateReport, EvCancel: StateCleanup},
+	// Nothing new is in place yet while waiting: a refusal or a cancel reports and removes the
+	// staged payload (a written, never switched slot is marked bad by the gate first).
+	StateWaitInstall:  {EvOK: StateWaitActivate, EvFail: StateReport, EvCancel: StateCleanup},
+	StateWaitActivate: {EvOK: StateInstall, EvFail: StateReport, EvCancel: StateCleanup},
 	// A files install either succeeds (report) or has already put the old files back (report);
 	// a cancel during install still rolls back, since half-new software must not stay.
 	StateInstall: {EvOK: StateReport, EvReboot: StateReboot, EvRestart: StateSelftest,
@@ -88,6 +115,11 @@ func Next(s State, ev Event) (State, error) {
 // resumeRules says what to run when the agent starts and finds the journal in a state. Each
 // rule is the state to re-enter; handlers are written so that re-entering is safe.
 var resumeRules = map[State]State{
+	// A gate is asked again: a decision is never carried across a restart (the window may
+	// have closed, the hook may answer otherwise).
+	StateWaitDownload: StateWaitDownload,
+	StateWaitInstall:  StateWaitInstall,
+	StateWaitActivate: StateWaitActivate,
 	// The IN_PROGRESS update may or may not have reached the service: send it again.
 	StateAccept: StateAccept,
 	// The download resumes from its last durable checkpoint, not from zero.

@@ -36,7 +36,10 @@ type Release struct {
 	Compatible     []string // empty = any device
 	AllowDowngrade bool
 	Expires        time.Time // zero = never
-	Files          []File    // in the document's order
+	// Force: install even when this release is already what runs (signed only: a plain
+	// document cannot ask for it).
+	Force bool
+	Files []File // in the document's order
 
 	WorkingDirectory    string // target files
 	PackageName         string // target files: the file autoStart runs

@@ -59,6 +59,9 @@ type Predicate struct {
 	AllowDowngrade bool     `json:"allowDowngrade,omitempty"`
 	// Expires (RFC 3339), if set, is when devices stop accepting the release.
 	Expires string `json:"expires,omitempty"`
+	// Force reinstalls a release that is already what runs (same signed version and digests),
+	// which a device otherwise reports SUCCEEDED alreadyInstalled=true without downloading.
+	Force bool `json:"force,omitempty"`
 	// Files maps each file name (a subject's name) to what it must be.
 	Files map[string]PredicateFile `json:"files"`
 
@@ -122,7 +125,7 @@ func (st *Statement) release(keyID string) (*Release, error) {
 	bad := func(format string, args ...any) error {
 		return reason.Errorf(reason.InvalidDocument, "release predicate: "+format, args...)
 	}
-	r := &Release{Signed: true, KeyID: keyID, Version: p.Version, AllowDowngrade: p.AllowDowngrade}
+	r := &Release{Signed: true, KeyID: keyID, Version: p.Version, AllowDowngrade: p.AllowDowngrade, Force: p.Force}
 	switch Target(p.Target) {
 	case TargetFiles, TargetSlot, TargetBinary:
 		r.Target = Target(p.Target)

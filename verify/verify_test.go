@@ -579,3 +579,24 @@ func statementOf(t *testing.T, k crypto.Signer, predicateType, predicate string,
 		verify.StatementV01, predicateType, digest, predicate)
 	return envelopeOf(t, k, []byte(st))
 }
+
+// TestForceIsSignedOrNothing: only the signed predicate can ask for a reinstall; a codesign-only
+// release (plain fields, written by whoever creates jobs) never carries force.
+func TestForceIsSignedOrNothing(t *testing.T) {
+	w := newWorld(t)
+	in := w.base(t)
+	in.Attestation = attest(t, w.k.p256, w.digest, w.with(func(p *verify.Predicate) { p.Force = true }))
+	vd, err := w.ts.Verify(in, w.policy)
+	if err != nil || !vd.Release.Force {
+		t.Fatalf("signed force: %v, force=%v", err, vd.Release != nil && vd.Release.Force)
+	}
+	in = w.base(t)
+	if vd, err = w.ts.Verify(in, w.policy); err != nil || vd.Release.Force {
+		t.Fatalf("statement without force: %v, force=%v", err, vd.Release != nil && vd.Release.Force)
+	}
+	p := w.policy
+	in.Attestation, p.RequireStatement = nil, false
+	if vd, err = w.ts.Verify(in, p); err != nil || vd.Release.Force {
+		t.Fatalf("codesign-only release: %v, force=%v", err, vd.Release != nil && vd.Release.Force)
+	}
+}

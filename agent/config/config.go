@@ -40,6 +40,7 @@ type Config struct {
 	Commands  Commands  `toml:"commands"`
 	Templates Templates `toml:"templates"`
 	AFROTA    AFROTA    `toml:"afr_ota"`
+	Policy    Policy    `toml:"policy"`
 	Log       Log       `toml:"log"`
 }
 
@@ -335,6 +336,7 @@ func (c *Config) defaults() {
 		c.Log.Level = "info"
 	}
 	c.Slot.defaults()
+	c.Policy.defaults()
 }
 
 func (s *Slot) defaults() {
@@ -456,6 +458,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Swap.validate()...)
 	errs = append(errs, c.Slot.validate()...)
+	errs = append(errs, c.Policy.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -100,3 +100,40 @@ func TestAllowedRootsOverlappingTheAgentsOwnFilesAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestPolicyConfig(t *testing.T) {
+	base := "thing_name = \"dev1\"\nstate_dir = \"/var/lib/fieldota\"\n[mqtt]\nendpoint = \"tcp://127.0.0.1:1883\"\n[verify]\nkeys = [\"/k.pub\"]\n"
+	refused := []struct{ name, body, want string }{
+		{"unknown time zone", "[policy]\ntime_zone = \"Mars/Olympus\"\n", "policy.time_zone"},
+		{"cron that never fires", "[policy.install]\nwindows = [{ cron = \"0 0 30 2 *\", duration = \"1h\" }]\n", "policy.install.windows[0]"},
+		{"window without a duration", "[policy.reboot]\nwindows = [{ cron = \"0 2 * * *\" }]\n", "policy.reboot.windows[0]"},
+		{"hook through PATH", "[policy.install]\nhooks = [[\"may-install\"]]\n", "policy.install.hooks[0]"},
+		{"empty hook", "[policy.restart]\nhooks = [[]]\n", "policy.restart.hooks[0]"},
+		{"metered check on install", "[policy.install]\nwait_while_metered = true\n", "wait_while_metered"},
+		{"recheck too often", "[policy]\nrecheck = \"1s\"\n", "policy.recheck"},
+		{"misspelt phase", "[policy.instal]\nhooks = [[\"/x\"]]\n", "unknown keys"},
+	}
+	for _, tc := range refused {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(write(t, base+tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want error containing %q, got %v", tc.want, err)
+			}
+		})
+	}
+	c, err := Load(write(t, base+`[policy]
+time_zone = "Europe/Berlin"
+[policy.download]
+wait_while_metered = true
+[policy.install]
+windows = [{ cron = "0 2 * * 6", duration = "3h" }, { cron = "@daily", duration = "30m" }]
+hooks = [["/usr/local/libexec/may-install", "--quiet"]]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := c.Policy.Windows("install")
+	if err != nil || len(ws) != 2 || ws[0].Location.String() != "Europe/Berlin" || c.Policy.Recheck.Duration != 5*time.Minute {
+		t.Fatalf("%v %v %+v", ws, err, c.Policy)
+	}
+}

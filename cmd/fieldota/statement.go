@@ -21,6 +21,7 @@ type releaseFlags struct {
 	version        string
 	compatible     []string
 	allowDowngrade bool
+	force          bool
 	expires        string
 	workDir        string
 	packageName    string
@@ -37,6 +38,7 @@ func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
 	f.StringVar(&r.version, "version", "", versionHelp)
 	f.StringSliceVar(&r.compatible, "compatible", nil, "device compatibility names (signed)")
 	f.BoolVar(&r.allowDowngrade, "allow-downgrade", false, "sign allowDowngrade=true: devices accept this older version")
+	f.BoolVar(&r.force, "force", false, "sign force=true: devices reinstall this release even when it is already what runs")
 	f.StringVar(&r.expires, "expires", "", "devices refuse the release after this time: RFC 3339 (2027-06-01T00:00:00Z) or a duration from now (720h)")
 	f.StringVar(&r.workDir, "working-directory", "", "target files: directory on the device (under its allowed roots)")
 	f.StringVar(&r.packageName, "package-name", "", "target files: with --auto-start, the file to run")
@@ -70,7 +72,7 @@ func digestFiles(paths []string) ([]releaseFile, error) {
 // predicate is the signed release of files, with the flags' install intent.
 func (r *releaseFlags) predicate(files []releaseFile, now time.Time) (verify.Predicate, error) {
 	p := verify.Predicate{
-		Target: r.target, Version: r.version, Compatible: r.compatible, AllowDowngrade: r.allowDowngrade,
+		Target: r.target, Version: r.version, Compatible: r.compatible, AllowDowngrade: r.allowDowngrade, Force: r.force,
 		WorkingDirectory: r.workDir, PackageName: r.packageName, AutoStart: r.autoStart,
 		AutoStartRerunnable: r.rerunnable, Binary: r.binary, Package: r.pkg, Files: map[string]verify.PredicateFile{},
 	}

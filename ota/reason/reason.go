@@ -45,6 +45,12 @@ const (
 	// DownloadTooSlow: the download stayed below download.min_speed for its whole window, again
 	// and again (a slow-retrieval attack or a link too poor to finish).
 	DownloadTooSlow Code = "DOWNLOAD_TOO_SLOW"
+	// PolicyRefused: the device's update policy (a hook answering neither 0 nor 75) refused a
+	// phase of the update (docs/update-policy.md).
+	PolicyRefused Code = "POLICY_REFUSED"
+	// WaitExceedsTimeout: the update must wait (for a window or a hook) longer than the job's
+	// in-progress timeout leaves: reported before AWS would time the execution out.
+	WaitExceedsTimeout Code = "WAIT_EXCEEDS_TIMEOUT"
 )
 
 // All lists every code once, for tests and documentation.
@@ -53,6 +59,7 @@ var All = []Code{
 	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DownloadFailed, URLExpired,
 	InsufficientSpace, InstallFailed, HealthCheckFailed, BootFailed, AutostartFailed, Canceled,
 	Internal, DocumentMismatch, ReleaseExpired, UnsafePath, HostNotAllowed, DownloadTooSlow,
+	PolicyRefused, WaitExceedsTimeout,
 }
 
 // Error is a failure with a reason code. errors.Is(err, reason.SignatureInvalid) matches any

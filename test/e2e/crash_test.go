@@ -25,7 +25,8 @@ func TestAgentKilledInEachStateFinishesTheJobOnce(t *testing.T) {
 		{"succeeds", "#!/bin/sh\necho v2 up\n", "SUCCEEDED", "", false},
 		{"autostart-fails", "#!/bin/sh\necho broken\nexit 3\n", "FAILED", "AUTOSTART_FAILED", true},
 	}
-	states := []ota.State{ota.StateAccept, ota.StateDownload, ota.StateVerify, ota.StateInstall, ota.StateReport, ota.StateCleanup}
+	states := []ota.State{ota.StateWaitDownload, ota.StateAccept, ota.StateDownload, ota.StateVerify, ota.StateWaitInstall,
+		ota.StateWaitActivate, ota.StateInstall, ota.StateReport, ota.StateCleanup}
 	for _, fl := range flows {
 		for _, st := range states {
 			t.Run(fl.name+"/killed-in-"+string(st), func(t *testing.T) {

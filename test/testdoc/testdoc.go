@@ -32,6 +32,7 @@ type Doc struct {
 	Compatible []string // nil = ["board-rev-c"]
 	Expires    string   // RFC 3339, "" = never
 	Package    string   // the signed $package name, "" = none
+	Force      bool     // sign force: reinstall even if already installed
 
 	// NoStatement writes a codesign-only document (AWS Signer style).
 	NoStatement bool
@@ -56,7 +57,7 @@ func (d Doc) Predicate() verify.Predicate {
 	if compatible == nil {
 		compatible = []string{"board-rev-c"}
 	}
-	p := verify.Predicate{Target: target, Version: d.Version, Compatible: compatible, Expires: d.Expires, Package: d.Package,
+	p := verify.Predicate{Target: target, Version: d.Version, Compatible: compatible, Expires: d.Expires, Package: d.Package, Force: d.Force,
 		Files: map[string]verify.PredicateFile{d.Name: {Size: d.Size, Mode: d.Mode}}}
 	switch target {
 	case "files":
