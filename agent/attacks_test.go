@@ -257,6 +257,7 @@ func TestJournalEditedWhileTheAgentIsDownInstallsNothing(t *testing.T) {
 			h.cancel()
 			close(release)
 			stop()
+			h.offline()
 
 			path := filepath.Join(h.cfg.StateDir, ota.JournalFile)
 			b, err := os.ReadFile(path)
@@ -347,6 +348,7 @@ func TestAgentStoppedDuringAutoStartNeverStartsASecondCopy(t *testing.T) {
 	stop := h.run()
 	h.waitFor("the program to start", func() bool { b, _ := os.ReadFile(runs); return len(b) > 0 })
 	stop()
+	h.offline()
 	h.run()
 	d := h.expect("once", "SUCCEEDED", "")
 	if b, _ := os.ReadFile(runs); strings.Count(string(b), "run") != 1 || !strings.Contains(d["output"], "finished") {
