@@ -22,21 +22,25 @@ const (
 	SignatureInvalid     Code = "SIGNATURE_INVALID"
 	DigestMismatch       Code = "DIGEST_MISMATCH"
 	SizeMismatch         Code = "SIZE_MISMATCH"
-	DownloadFailed       Code = "DOWNLOAD_FAILED"
-	URLExpired           Code = "URL_EXPIRED"
-	InsufficientSpace    Code = "INSUFFICIENT_SPACE"
-	InstallFailed        Code = "INSTALL_FAILED"
-	HealthCheckFailed    Code = "HEALTH_CHECK_FAILED"
-	BootFailed           Code = "BOOT_FAILED"
-	AutostartFailed      Code = "AUTOSTART_FAILED"
-	Canceled             Code = "CANCELED"
-	Internal             Code = "INTERNAL"
+	// DecompressionBomb: a compressed payload decompresses past its signed raw size. Its own code,
+	// not SIZE_MISMATCH: the bytes on the wire may be exactly the signed ones (a release built
+	// wrong) or a decoder is being attacked, and it is refused before the extra byte is written.
+	DecompressionBomb Code = "DECOMPRESSION_BOMB"
+	DownloadFailed    Code = "DOWNLOAD_FAILED"
+	URLExpired        Code = "URL_EXPIRED"
+	InsufficientSpace Code = "INSUFFICIENT_SPACE"
+	InstallFailed     Code = "INSTALL_FAILED"
+	HealthCheckFailed Code = "HEALTH_CHECK_FAILED"
+	BootFailed        Code = "BOOT_FAILED"
+	AutostartFailed   Code = "AUTOSTART_FAILED"
+	Canceled          Code = "CANCELED"
+	Internal          Code = "INTERNAL"
 )
 
 // All lists every code once, for tests and documentation.
 var All = []Code{
 	InvalidDocument, UnsupportedOperation, IncompatibleDevice, DowngradeRefused, Unsigned,
-	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DownloadFailed, URLExpired,
+	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DecompressionBomb, DownloadFailed, URLExpired,
 	InsufficientSpace, InstallFailed, HealthCheckFailed, BootFailed, AutostartFailed, Canceled,
 	Internal,
 }
