@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota/reason"
 	"github.com/fieldota/fieldota/ota/slot"
@@ -64,7 +66,7 @@ func newRelease(t *testing.T, size int, delta bool) release {
 	t.Helper()
 	raw := artifact.Image(size, 7)
 	var out bytes.Buffer
-	m, err := zimage.Build(context.Background(), bytes.NewReader(raw), int64(len(raw)), &out, zimage.Options{FullFrameSize: frame, Delta: delta})
+	m, err := zimage.Build(context.Background(), bytes.NewReader(raw), int64(len(raw)), &out, zimage.Options{FullFrameSize: frame, Delta: delta, Encoder: zimage.GoEncoder{Level: zstd.SpeedDefault}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,8 +186,8 @@ func TestDecompressionBombRefusedBeforeWritingPastRawSize(t *testing.T) {
 // lyingFrame is a zstd frame declaring fcs bytes whose raw blocks hold all of payload.
 func lyingFrame(fcs int, payload []byte) []byte {
 	b := binary.LittleEndian.AppendUint32(nil, 0xFD2FB528)
-	b = append(b, 0x80)                  // FCS field 4 bytes, not single segment, no checksum
-	b = append(b, 0x30)                  // window 2^(10+6) = 64 KiB
+	b = append(b, 0x80) // FCS field 4 bytes, not single segment, no checksum
+	b = append(b, 0x30) // window 2^(10+6) = 64 KiB
 	b = binary.LittleEndian.AppendUint32(b, uint32(fcs))
 	const blk = 64 << 10
 	for off := 0; off < len(payload); off += blk {

@@ -24,29 +24,52 @@ type Encoder interface {
 	EncodeFrames(ctx context.Context, chunks [][]byte) ([][]byte, error)
 }
 
-// GoEncoder is klauspost/compress at its best level: pure Go, no tool needed, but its frames are
-// larger than libzstd's level 19 (measured in docs/delta-updates.md).
-type GoEncoder struct{}
+// GoEncoder is klauspost/compress, at its best level by default: pure Go, no tool needed, but
+// its frames are larger than libzstd's level 19 (measured in docs/delta-updates.md).
+type GoEncoder struct {
+	Level zstd.EncoderLevel // 0 = zstd.SpeedBestCompression
+}
 
 // EncodeFrames implements Encoder.
-func (GoEncoder) EncodeFrames(ctx context.Context, chunks [][]byte) ([][]byte, error) {
+func (g GoEncoder) EncodeFrames(ctx context.Context, chunks [][]byte) ([][]byte, error) {
 	out := make([][]byte, len(chunks))
 	err := parallel(ctx, len(chunks), func(i int) error {
-		f, err := encodeGo(chunks[i])
+		f, err := encodeGoLevel(chunks[i], g.Level)
 		out[i] = f
 		return err
 	})
 	return out, err
 }
 
-func encodeGo(chunk []byte) ([]byte, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
-		zstd.WithEncoderCRC(true), zstd.WithWindowSize(windowFor(len(chunk))), zstd.WithSingleSegment(true))
-	if err != nil {
-		return nil, err
+func encodeGo(chunk []byte) ([]byte, error) { return encodeGoLevel(chunk, 0) }
+
+type encKey struct {
+	level  zstd.EncoderLevel
+	window int
+}
+
+// encoders keeps one pool per level and window: a best-level encoder costs megabytes to set up.
+var encoders sync.Map // encKey → *sync.Pool
+
+func encodeGoLevel(chunk []byte, level zstd.EncoderLevel) ([]byte, error) {
+	if level == 0 {
+		level = zstd.SpeedBestCompression
 	}
-	defer enc.Close()
-	return enc.EncodeAll(chunk, nil), nil
+	k := encKey{level, windowFor(len(chunk))}
+	pv, _ := encoders.LoadOrStore(k, &sync.Pool{})
+	pool := pv.(*sync.Pool)
+	enc, _ := pool.Get().(*zstd.Encoder)
+	if enc == nil {
+		var err error
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+			zstd.WithEncoderCRC(true), zstd.WithWindowSize(k.window), zstd.WithSingleSegment(true))
+		if err != nil {
+			return nil, err
+		}
+	}
+	out := enc.EncodeAll(chunk, nil)
+	pool.Put(enc)
+	return out, nil
 }
 
 // windowFor is the smallest power-of-two window (at least 1 KiB) that covers n bytes.

@@ -102,23 +102,26 @@ func Image(size int, seed uint64) []byte {
 	return b
 }
 
-// Edit returns a copy of old as the next release might be: some blocks changed in place, a run
-// inserted (everything after it shifts by whole blocks, as an added file moves ext4 data), and a
-// tail appended.
+// Edit returns a copy of old as the next release might be: a few scattered blocks rewritten
+// (metadata), a run of blocks rewritten (an upgraded file), and a run inserted at a third of the
+// image (an added file: everything after it shifts by whole blocks, as ext4 data moves).
 func Edit(old []byte, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 2))
 	n := append([]byte(nil), old...)
-	for range len(n) / 4096 / 20 { // 5 % of the blocks rewritten
-		off := r.IntN(len(n)/4096) * 4096
-		for i := off; i < min(off+4096, len(n)); i++ {
-			n[i] = byte('A' + r.IntN(20))
+	fill := func(b []byte) {
+		for i := range b {
+			b[i] = byte('A' + r.IntN(20))
 		}
 	}
-	ins := make([]byte, 16*4096)
-	for i := range ins {
-		ins[i] = byte('0' + r.IntN(10))
+	blocks := len(n) / 4096
+	for range 6 {
+		off := r.IntN(blocks) * 4096
+		fill(n[off:min(off+4096, len(n))])
 	}
-	at := len(n) / 3 / 4096 * 4096
-	n = append(n[:at:at], append(ins, n[at:len(n)-len(ins)]...)...)
-	return n
+	run := blocks / 2 * 4096
+	fill(n[run:min(run+24*4096, len(n))])
+	ins := make([]byte, 16*4096)
+	fill(ins)
+	at := blocks / 3 * 4096
+	return append(n[:at:at], append(ins, n[at:len(n)-len(ins)]...)...)
 }
