@@ -369,7 +369,7 @@ func (in *installer) index(ctx context.Context, ranges *download.Ranges) (*zimag
 		return nil, nil, reason.Wrap(reason.DigestMismatch, err)
 	}
 	body := io.TeeReader(bufio.NewReader(zf), h)
-	dec, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(8<<20))
+	dec, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zimage.IndexWindow))
 	if err != nil {
 		return nil, nil, reason.Wrap(reason.Internal, err)
 	}

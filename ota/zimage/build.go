@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Defaults chosen by measurement (docs/delta-updates.md, BENCHMARKS.md).
@@ -95,7 +97,7 @@ func buildDelta(ctx context.Context, raw io.ReaderAt, rawSize int64, w *counting
 	blocks, frames := d.Blocks(rawSize), d.DeltaFrames(rawSize)
 	ix := append(encodeIndexHeader(rawSize, d.BlockSize, d.FrameSize, blocks, frames, first), hashes.Bytes()...)
 	ix = append(ix, sizes...)
-	z, err := encodeGo(ix) // hashes do not compress, but the repeated ones of zero blocks do
+	z, err := encodeIndex(ix)
 	if err != nil {
 		return err
 	}
@@ -159,4 +161,18 @@ func or64(v, d int64) int64 {
 		return d
 	}
 	return v
+}
+
+// IndexWindow is the window the index is compressed with: hashes do not compress, only the runs
+// of identical ones (zero blocks) do, and those need no more. It bounds the device's decoder.
+const IndexWindow = 1 << 20
+
+func encodeIndex(ix []byte) ([]byte, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(true), zstd.WithWindowSize(IndexWindow), zstd.WithSingleSegment(false))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	return enc.EncodeAll(ix, nil), nil
 }

@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/fieldota/fieldota/ota/reason"
 )
@@ -116,3 +119,28 @@ func TestManifestValidateRefusesEachBadField(t *testing.T) {
 }
 
 func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+type zeroReader struct{}
+
+func (zeroReader) ReadAt(p []byte, _ int64) (int, error) { clear(p); return len(p), nil }
+
+// An index larger than the decoder's window must still decode within IndexWindow: a 1 GiB image
+// has an 8 MiB index, and the device's budget is 32 MiB in all.
+func TestLargeIndexDecodesWithinTheIndexWindow(t *testing.T) {
+	const size = 256 << 20
+	var out bytes.Buffer
+	m, err := Build(context.Background(), zeroReader{}, size, &out, Options{Delta: true, Encoder: GoEncoder{Level: zstd.SpeedFastest}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.IndexRawSize() <= IndexWindow {
+		t.Fatalf("index of %d bytes does not exceed the window", m.IndexRawSize())
+	}
+	d := m.Delta
+	dec, _ := zstd.NewReader(bytes.NewReader(out.Bytes()[d.Index.Offset+8:d.Index.Offset+d.Index.Size]), zstd.WithDecoderMaxWindow(IndexWindow), zstd.WithDecoderConcurrency(1))
+	defer dec.Close()
+	n, err := io.Copy(io.Discard, dec)
+	if err != nil || n != m.IndexRawSize() {
+		t.Fatalf("decoded %d of %d bytes: %v", n, m.IndexRawSize(), err)
+	}
+}
