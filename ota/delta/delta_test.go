@@ -301,3 +301,62 @@ func TestDeltaFallsBackToFullAndSaysWhy(t *testing.T) {
 		})
 	}
 }
+
+// loopDevice attaches a file as a loop block device (root and losetup, as in CI and ota/slot).
+func loopDevice(t *testing.T, content []byte) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	must(t, os.WriteFile(img, content, 0o600))
+	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup (needs root and loop devices, like CI): %v %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v %s", dev, err, out)
+		}
+	})
+	return dev
+}
+
+// The slots are block devices: the target is written in place (never truncated), the active
+// one is read to its end, and the bytes after the image on the target are not part of it.
+func TestDeltaIntoABlockDeviceSlot(t *testing.T) {
+	p := newPair(t, 4<<20)
+	s := newSetup(t, p, nil)
+	s.target = loopDevice(t, bytes.Repeat([]byte{0x5a}, len(p.new)+1<<20))
+	s.active = loopDevice(t, p.old)
+	rep, err := Install(context.Background(), s.request(p))
+	must(t, err)
+	if rep.Mode != "delta" {
+		t.Fatalf("mode %s: %s", rep.Mode, rep.Fallback)
+	}
+	if err := slot.ReadBack(context.Background(), s.target, p.m.Raw.Size, p.m.Raw.SHA256); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The state directory is not trusted between runs: an index file edited while the agent was
+// down is fetched again, never used.
+func TestEditedIndexInTheStateDirectoryIsFetchedAgain(t *testing.T) {
+	p := newPair(t, 4<<20)
+	s := newSetup(t, p, nil)
+	_, err := Install(context.Background(), s.request(p))
+	must(t, err)
+	ixPath := filepath.Join(s.state, "delta-"+p.m.Raw.SHA256[:16]+".index.zst")
+	b, err := os.ReadFile(ixPath)
+	must(t, err)
+	b[len(b)/2] ^= 1
+	must(t, os.WriteFile(ixPath, b, 0o600))
+	must(t, os.WriteFile(s.target, nil, 0o600))
+	s.fx.WaitIdle(t)
+	s.fx.Srv.ResetStats()
+	_, err = Install(context.Background(), s.request(p))
+	must(t, err)
+	checkImage(t, s, p)
+	s.fx.WaitIdle(t)
+	if first := s.fx.Srv.Requests()[0]; !strings.HasPrefix(first.Range, fmt.Sprintf("bytes=%d-", p.m.Delta.Index.Offset)) {
+		t.Fatalf("first request %q, want the index fetched again", first.Range)
+	}
+}
