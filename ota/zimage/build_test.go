@@ -144,3 +144,35 @@ func TestLargeIndexDecodesWithinTheIndexWindow(t *testing.T) {
 		t.Fatalf("decoded %d of %d bytes: %v", n, m.IndexRawSize(), err)
 	}
 }
+
+func TestVerifyChecksEveryPartOffline(t *testing.T) {
+	raw := testImage(2<<20, 5)
+	obj, m := build(t, raw, Options{FullFrameSize: 256 << 10, Delta: true, Encoder: GoEncoder{Level: zstd.SpeedDefault}})
+	if err := Verify(context.Background(), bytes.NewReader(obj), m, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	for name, at := range map[string]int64{
+		"full part":   m.Full.Size / 2,
+		"delta frame": m.Full.Size + 100,
+		"index":       m.Delta.Index.Offset + m.Delta.Index.Size - 10,
+	} {
+		t.Run(name, func(t *testing.T) {
+			bad := append([]byte(nil), obj...)
+			bad[at] ^= 1
+			// re-sign the object digests so that only the deeper check can catch it
+			mm := m
+			mm.Stored.SHA256 = sha(bad)
+			if at < m.Full.Size {
+				mm.Full.SHA256 = sha(bad[:m.Full.Size])
+			}
+			d := *m.Delta
+			if at >= m.Delta.Index.Offset {
+				d.Index.SHA256 = sha(bad[d.Index.Offset : d.Index.Offset+d.Index.Size])
+			}
+			mm.Delta = &d
+			if err := Verify(context.Background(), bytes.NewReader(bad), mm, t.TempDir()); !errors.Is(err, reason.DigestMismatch) {
+				t.Fatalf("got %v, want DIGEST_MISMATCH", err)
+			}
+		})
+	}
+}
