@@ -120,4 +120,3 @@ func sumRange(r io.ReaderAt, off, n int64) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), err
 }
-
