@@ -28,6 +28,8 @@ import (
 	"log/slog"
 	"math/bits"
 	"os"
+	"path/filepath"
+	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -142,6 +144,9 @@ func (in *installer) run(ctx context.Context) (res Result, err error) {
 	if cp.Complete {
 		res.RawSHA256 = m.Raw.Sum()
 		return res, nil
+	}
+	if err := checkSpace(in.req.Sink, m.Raw.Size); err != nil {
+		return res, err
 	}
 	cfg := in.req.Object
 	cfg.Size, cfg.ETag = m.Stored.Size, cp.ETag
@@ -397,6 +402,33 @@ func (in *installer) drop() error {
 	}
 	if err := durable.Remove(in.req.CheckpointPath); err != nil {
 		return reason.Errorf(reason.InstallFailed, "compressed install: drop checkpoint: %w", err)
+	}
+	return nil
+}
+
+// checkSpace refuses, before any request, a file sink whose filesystem cannot hold the rest of
+// the raw image (a slot device was sized by ota/slot.OpenTarget).
+func checkSpace(sink Sink, total int64) error {
+	named, ok := sink.(interface {
+		Name() string
+		Stat() (os.FileInfo, error)
+	})
+	if !ok {
+		return nil
+	}
+	fi, err := named.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	var st syscall.Statfs_t
+	dir := filepath.Dir(named.Name())
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return reason.Errorf(reason.InstallFailed, "free space of %s: %w", dir, err)
+	}
+	const margin = 1 << 20 // checkpoints and their temp files
+	need := total - fi.Size()
+	if free := int64(st.Bavail) * int64(st.Bsize); free < need+margin {
+		return reason.Errorf(reason.InsufficientSpace, "the image needs %d more bytes, %s has %d free", need, dir, free)
 	}
 	return nil
 }

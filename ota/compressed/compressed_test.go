@@ -376,3 +376,26 @@ func tempFile(t *testing.T) *os.File {
 }
 
 func shaHex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+func TestFileSinkWithoutRoomRefusedBeforeAnyRequest(t *testing.T) {
+	rel := newRelease(t, 3<<20, false)
+	fx := artifact.New(t)
+	obj := fx.Put(t, "big.zst", rel.obj)
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (needs root, like CI): %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
+	f, err := os.Create(filepath.Join(dir, "payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = Install(context.Background(), Request{Manifest: rel.m, Sink: f, Object: fastObject(fx.URL(obj))})
+	if !errors.Is(err, reason.InsufficientSpace) {
+		t.Fatalf("got %v, want INSUFFICIENT_SPACE", err)
+	}
+	if st := fx.Srv.Stats(obj); st.Requests != 0 {
+		t.Fatalf("%d requests sent before refusing", st.Requests)
+	}
+}
