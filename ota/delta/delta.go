@@ -34,6 +34,7 @@ import (
 	"github.com/fieldota/fieldota/ota/compressed"
 	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/ota/slot"
 	"github.com/fieldota/fieldota/ota/zimage"
 )
 
@@ -208,7 +209,7 @@ func (in *installer) full(ctx context.Context, why string) (Report, error) {
 			return in.rep, err
 		}
 	}
-	f, err := openTarget(in.req.Target, in.m.Raw.Size)
+	f, err := slot.OpenTarget(in.req.Target, in.m.Raw.Size)
 	if err != nil {
 		return in.rep, err
 	}
@@ -234,7 +235,7 @@ func (in *installer) delta(ctx context.Context) error {
 	if blocks := d.Blocks(m.Raw.Size); blocks > in.req.MaxBlocks {
 		return fallback("the index has %d blocks of %d bytes, this agent holds at most %d", blocks, d.BlockSize, in.req.MaxBlocks)
 	}
-	target, err := openTarget(in.req.Target, m.Raw.Size)
+	target, err := slot.OpenTarget(in.req.Target, m.Raw.Size)
 	if err != nil {
 		return err
 	}
@@ -444,26 +445,6 @@ func (in *installer) saveProgress() error {
 		return reason.Wrap(reason.InstallFailed, err)
 	}
 	return nil
-}
-
-func openTarget(path string, size int64) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, reason.Wrap(reason.InstallFailed, fmt.Errorf("opening the target slot: %w", err))
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, reason.Wrap(reason.InstallFailed, err)
-	}
-	if fi.Mode()&os.ModeDevice != 0 {
-		n, err := f.Seek(0, io.SeekEnd)
-		if err != nil || n < size {
-			f.Close()
-			return nil, reason.Errorf(reason.InsufficientSpace, "target slot %s holds %d bytes, the image is %d", path, n, size)
-		}
-	}
-	return f, nil
 }
 
 func openSource(s Source) (*os.File, int64, error) {

@@ -302,31 +302,13 @@ func TestDeltaFallsBackToFullAndSaysWhy(t *testing.T) {
 	}
 }
 
-// loopDevice attaches a file as a loop block device (root and losetup, as in CI and ota/slot).
-func loopDevice(t *testing.T, content []byte) string {
-	t.Helper()
-	img := filepath.Join(t.TempDir(), "disk.img")
-	must(t, os.WriteFile(img, content, 0o600))
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup (needs root and loop devices, like CI): %v %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v %s", dev, err, out)
-		}
-	})
-	return dev
-}
-
 // The slots are block devices: the target is written in place (never truncated), the active
 // one is read to its end, and the bytes after the image on the target are not part of it.
 func TestDeltaIntoABlockDeviceSlot(t *testing.T) {
 	p := newPair(t, 4<<20)
 	s := newSetup(t, p, nil)
-	s.target = loopDevice(t, bytes.Repeat([]byte{0x5a}, len(p.new)+1<<20))
-	s.active = loopDevice(t, p.old)
+	s.target = artifact.LoopDevice(t, bytes.Repeat([]byte{0x5a}, len(p.new)+1<<20))
+	s.active = artifact.LoopDevice(t, p.old)
 	rep, err := Install(context.Background(), s.request(p))
 	must(t, err)
 	if rep.Mode != "delta" {

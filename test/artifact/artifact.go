@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,4 +126,25 @@ func Edit(old []byte, seed uint64) []byte {
 	fill(ins)
 	at := blocks / 3 * 4096
 	return append(n[:at:at], append(ins, n[at:len(n)-len(ins)]...)...)
+}
+
+// LoopDevice attaches a file holding content as a loop block device (root and util-linux's
+// losetup, as in CI), detached when the test ends: slot code meets a real block device.
+func LoopDevice(t testing.TB, content []byte) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup (needs root and loop devices, like CI): %v %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v %s", dev, err, out)
+		}
+	})
+	return dev
 }
