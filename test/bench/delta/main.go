@@ -141,6 +141,16 @@ func measurePair(cache, imgDir, srvDir string, p *s3.Presigner, pr pair, anchors
 		fmt.Fprintf(os.Stderr, "bench delta: %s cached\n", pr.Name)
 		return r, nil
 	}
+	// a pair interrupted half way keeps the steps it finished
+	partial := resPath + ".partial"
+	if b, err := os.ReadFile(partial); err == nil {
+		_ = json.Unmarshal(b, &r)
+	}
+	save := func() {
+		b, _ := json.Marshal(r)
+		_ = os.MkdirAll(filepath.Dir(partial), 0o755)
+		_ = os.WriteFile(partial, b, 0o644)
+	}
 	r.Pair = pr
 	work := filepath.Join(cache, "work", pr.Name)
 	_ = os.RemoveAll(work)
@@ -154,16 +164,22 @@ func measurePair(cache, imgDir, srvDir string, p *s3.Presigner, pr pair, anchors
 	r.RawSize = fi.Size()
 	step := func(s string) { fmt.Fprintf(os.Stderr, "bench delta: %s: %s\n", pr.Name, s) }
 
-	step("block matches")
-	if r.NonZero, r.Match4K, err = matchFraction(oldPath, newPath, 4096); err != nil {
-		return r, err
+	if r.Match64K == 0 {
+		step("block matches")
+		if r.NonZero, r.Match4K, err = matchFraction(oldPath, newPath, 4096); err != nil {
+			return r, err
+		}
+		if _, r.Match64K, err = matchFraction(oldPath, newPath, 64<<10); err != nil {
+			return r, err
+		}
+		save()
 	}
-	if _, r.Match64K, err = matchFraction(oldPath, newPath, 64<<10); err != nil {
-		return r, err
-	}
-	step("solid zstd -19 --long=27")
-	if r.Solid, err = toolSize(newPath, filepath.Join(work, "solid.zst"), "zstd", "-q", "-19", "--long=27", "-T0", "-f", "-o", filepath.Join(work, "solid.zst"), newPath); err != nil {
-		return r, err
+	if r.Solid == 0 {
+		step("solid zstd -19 --long=27")
+		if r.Solid, err = toolSize(newPath, filepath.Join(work, "solid.zst"), "zstd", "-q", "-19", "--long=27", "-T0", "-f", "-o", filepath.Join(work, "solid.zst"), newPath); err != nil {
+			return r, err
+		}
+		save()
 	}
 
 	step("our object (libzstd -19 frames)")
@@ -182,66 +198,88 @@ func measurePair(cache, imgDir, srvDir string, p *s3.Presigner, pr pair, anchors
 		return r, err
 	}
 
-	step("device: delta, full compressed, raw (loopback)")
-	mj, _ := json.Marshal(m)
-	target := filepath.Join(work, "slot-b")
-	state := filepath.Join(work, "state")
-	for _, c := range []struct {
-		mode string
-		dst  *childResult
-		obj  string
-	}{{"delta", &r.Delta, objName}, {"full", &r.FullInstall, objName}, {"raw", &r.RawDown, rawName}} {
-		_ = os.RemoveAll(state)
-		_ = os.MkdirAll(state, 0o700)
-		// the inactive slot holds nothing reusable: a sparse file of the image's size
+	if r.RawDown.Wall == 0 {
+		step("device: delta, full compressed, raw (loopback)")
+		mj, _ := json.Marshal(m)
+		target := filepath.Join(work, "slot-b")
+		state := filepath.Join(work, "state")
+		for _, c := range []struct {
+			mode string
+			dst  *childResult
+			obj  string
+		}{{"delta", &r.Delta, objName}, {"full", &r.FullInstall, objName}, {"raw", &r.RawDown, rawName}} {
+			_ = os.RemoveAll(state)
+			_ = os.MkdirAll(state, 0o700)
+			// the inactive slot holds nothing reusable: a sparse file of the image's size
+			_ = os.Remove(target)
+			if f, err := os.Create(target); err == nil {
+				_ = f.Truncate(r.RawSize)
+				f.Close()
+			}
+			env := []string{childEnv + "=" + c.mode, "B_URL=" + p.Sign("bucket/"+c.obj, time.Hour), "B_MANIFEST=" + string(mj),
+				"B_TARGET=" + target, "B_ACTIVE=" + oldPath, "B_STATE=" + state, "B_SIZE=" + strconv.FormatInt(r.RawSize, 10)}
+			*c.dst, err = runChild(env)
+			if err != nil {
+				return r, fmt.Errorf("%s install: %w", c.mode, err)
+			}
+			if got, err := sha256File(target); err != nil || got != m.Raw.SHA256 {
+				return r, fmt.Errorf("%s install left a slot that is not the image (%v)", c.mode, err)
+			}
+		}
 		_ = os.Remove(target)
-		if f, err := os.Create(target); err == nil {
-			_ = f.Truncate(r.RawSize)
-			f.Close()
-		}
-		env := []string{childEnv + "=" + c.mode, "B_URL=" + p.Sign("bucket/"+c.obj, time.Hour), "B_MANIFEST=" + string(mj),
-			"B_TARGET=" + target, "B_ACTIVE=" + oldPath, "B_STATE=" + state, "B_SIZE=" + strconv.FormatInt(r.RawSize, 10)}
-		*c.dst, err = runChild(env)
-		if err != nil {
-			return r, fmt.Errorf("%s install: %w", c.mode, err)
-		}
-		if got, err := sha256File(target); err != nil || got != m.Raw.SHA256 {
-			return r, fmt.Errorf("%s install left a slot that is not the image (%v)", c.mode, err)
-		}
+		save()
 	}
-	_ = os.Remove(target)
 
-	step("lower bound: missing 4 KiB blocks as one zstd -19 stream")
-	if r.MissingZstd, err = missingBlocksZstd(oldPath, newPath, work); err != nil {
-		return r, err
+	if r.MissingZstd == 0 {
+		step("lower bound: missing 4 KiB blocks as one zstd -19 stream")
+		if r.MissingZstd, err = missingBlocksZstd(oldPath, newPath, work); err != nil {
+			return r, err
+		}
+		save()
 	}
-	if anchors {
+	if anchors && r.XdeltaRSS == 0 {
 		step("xdelta3 -e -9 -s")
 		xd := filepath.Join(work, "x.vcdiff")
-		if r.Xdelta, err = toolSize(newPath, xd, "xdelta3", "-e", "-9", "-f", "-s", oldPath, newPath, xd); err != nil {
+		if r.Xdelta, err = toolSize(newPath, "", "xdelta3", "-e", "-9", "-f", "-s", oldPath, newPath, xd); err != nil {
+			return r, err
+		}
+		if r.Xdelta, err = fileSize(xd); err != nil {
 			return r, err
 		}
 		if r.XdeltaRSS, err = toolRSS("xdelta3", "-d", "-f", "-s", oldPath, xd, filepath.Join(work, "x.out")); err != nil {
 			return r, err
 		}
 		_ = os.Remove(filepath.Join(work, "x.out"))
+		save()
+	}
+	if anchors && r.PatchRSS == 0 {
 		step("zstd --patch-from -19")
 		pf := filepath.Join(work, "p.zst")
-		if r.PatchFrom, err = toolSize(newPath, pf, "zstd", "-q", "-19", "-T0", "-f", "--patch-from="+oldPath, newPath, "-o", pf); err != nil {
+		if _, err = toolSize(newPath, "", "zstd", "-q", "-19", "-T0", "-f", "--patch-from="+oldPath, newPath, "-o", pf); err != nil {
+			return r, err
+		}
+		if r.PatchFrom, err = fileSize(pf); err != nil {
 			return r, err
 		}
 		if r.PatchRSS, err = toolRSS("zstd", "-q", "-d", "-f", "--long=31", "--patch-from="+oldPath, pf, "-o", filepath.Join(work, "p.out")); err != nil {
 			return r, err
 		}
 		_ = os.Remove(filepath.Join(work, "p.out"))
+		save()
+	}
+	if anchors && r.CasyncMissing == 0 {
 		step("casync make")
 		if r.CasyncMissing, r.CasyncChunks, err = casyncMissing(oldPath, newPath, work); err != nil {
 			return r, err
 		}
+		save()
+	}
+	if anchors && r.ZckDelta == 0 {
 		step("zck + zck_delta_size")
 		if r.ZckDelta, r.ZckSize, err = zckDelta(oldPath, newPath, work); err != nil {
 			return r, err
 		}
+		save()
 	}
 	_ = os.RemoveAll(work)
 	b, _ := json.MarshalIndent(r, "", " ")
@@ -480,9 +518,21 @@ func zckDelta(oldPath, newPath, work string) (int64, int64, error) {
 	return d, fi.Size(), nil
 }
 
+func fileSize(p string) (int64, error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// toolSize runs a tool and returns the size of outPath, which it then removes ("" = keep all).
 func toolSize(_ string, outPath string, name string, args ...string) (int64, error) {
 	if err := runTool(60*time.Minute, nil, name, args...); err != nil {
 		return 0, err
+	}
+	if outPath == "" {
+		return 0, nil
 	}
 	fi, err := os.Stat(outPath)
 	if err != nil {
