@@ -97,6 +97,11 @@ func run(cache, out string, sweep bool) error {
 		{"added-stable", "old-stable", "added-stable", "as `added`, images with stable metadata"},
 		{"upgraded-stable", "old-stable", "upgraded-stable", "as `upgraded`, images with stable metadata"},
 	}
+	if err := deviceImages(here, imgDir); err != nil {
+		fmt.Fprintf(os.Stderr, "bench delta: no device-in-a-box pair: %v\n", err)
+	} else {
+		pairs = append(pairs, pair{"device", "device-v1", "device-v2", "device-in-a-box slot (24 MiB): the agent rebuilt as another version"})
+	}
 	srvDir := filepath.Join(cache, "srv")
 	if err := os.MkdirAll(filepath.Join(srvDir, "bucket"), 0o755); err != nil {
 		return err
@@ -764,4 +769,43 @@ func writeReport(out string, rs []result, sw []sweepRow) error {
 	}
 	fmt.Print(b.String())
 	return os.WriteFile(out, []byte(s), 0o644)
+}
+
+// deviceImages builds two device-in-a-box root slots (test/device/build-image.sh, its cached
+// arm64 base) that differ as two releases of the agent do: the agent binary rebuilt with another
+// version, and the version file.
+func deviceImages(repo, imgDir string) error {
+	v1, v2 := filepath.Join(imgDir, "device-v1.img"), filepath.Join(imgDir, "device-v2.img")
+	if _, err := os.Stat(v2); err == nil {
+		return nil
+	}
+	script := filepath.Join(repo, "test/device/build-image.sh")
+	if err := runTool(30*time.Minute, io.Discard, script, "base"); err != nil {
+		return err
+	}
+	for v, out := range map[string]string{"1.0": v1, "2.0": v2} {
+		extra, err := os.MkdirTemp("", "fieldota-bench-extra-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(extra)
+		_ = os.MkdirAll(filepath.Join(extra, "usr/bin"), 0o755)
+		_ = os.MkdirAll(filepath.Join(extra, "etc"), 0o755)
+		if err := os.WriteFile(filepath.Join(extra, "etc/fieldota-version"), []byte(v+"\n"), 0o644); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+v, "-o", filepath.Join(extra, "usr/bin/fieldota-agent"), "./cmd/fieldota-agent")
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=arm64", "CGO_ENABLED=0")
+		out2, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("go build: %v %s", err, out2)
+		}
+		if err := runTool(10*time.Minute, io.Discard, script, "slot", out, extra, "normal"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
