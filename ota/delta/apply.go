@@ -204,6 +204,10 @@ func (a *applier) block(ctx context.Context, f, b int64, want []byte) error {
 		content, write = c, src.kind != srcInPlace
 	case src.kind == srcZero:
 		content = a.zero[:l]
+	case src.kind == srcInPlace && a.p.groupOf[b] == none:
+		// a zero block already zero on the target (the scan saw it, the caller's read-back sees it
+		// again): reading it back here would cost a read of every empty block of the slot
+		content, write = a.zero[:l], false
 	default:
 		var r io.ReaderAt = a.target
 		at := src.blk * ix.BlockSize

@@ -278,25 +278,32 @@ func (in *installer) delta(ctx context.Context) error {
 		return reason.Wrap(reason.InstallFailed, err)
 	}
 	var re *readError
-	if err := p.scanTarget(ctx, target, min(targetSize, max(m.Raw.Size, activeSize))); err != nil {
-		if errors.As(err, &re) {
-			// the target will be written whole: reading it was only an optimisation
-			in.log.Warn("delta: the target slot cannot be read, not reusing it", "err", err)
-			p.inPlace = make([]uint64, len(p.inPlace))
-			for i := range p.groups {
-				p.groups[i].target = none
-			}
-		} else {
-			return err
+	var targetErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		targetErr = p.scanTarget(ctx, target, min(targetSize, max(m.Raw.Size, activeSize)))
+	}()
+	activeErr := p.scanActive(ctx, active, activeSize)
+	<-done
+	in.rep.ReadOld += p.readTarget + p.readActive
+	if activeErr != nil {
+		if errors.As(activeErr, &re) {
+			return fallback("the active slot cannot be read: %v", activeErr)
+		}
+		return activeErr
+	}
+	if targetErr != nil {
+		if !errors.As(targetErr, &re) {
+			return targetErr
+		}
+		// the target will be written whole: reading it was only an optimisation
+		in.log.Warn("delta: the target slot cannot be read, not reusing it", "err", targetErr)
+		p.inPlace = make([]uint64, len(p.inPlace))
+		for i := range p.groups {
+			p.groups[i].target = none
 		}
 	}
-	if err := p.scanActive(ctx, active, activeSize); err != nil {
-		if errors.As(err, &re) {
-			return fallback("the active slot cannot be read: %v", err)
-		}
-		return err
-	}
-	in.rep.ReadOld += p.readOld
 	need := p.neededFrames()
 	spans := coalesce(ix, need, in.req.MaxRequests, in.req.MergeGap)
 	var fetch int64

@@ -36,7 +36,7 @@ type plan struct {
 	keyGrp  []uint32 // …and the group it names
 	inPlace []uint64 // bitset: target block already holds the new block
 
-	readOld int64 // bytes read from the slots while planning
+	readTarget, readActive int64 // bytes read from each slot while planning (the scans run at once)
 }
 
 func newPlan(ix *zimage.Index) (*plan, error) {
@@ -150,7 +150,7 @@ func (p *plan) isInPlace(b int64) bool { return b < p.ix.Blocks && p.inPlace[b/6
 func (p *plan) scanTarget(ctx context.Context, r io.ReaderAt, size int64) error {
 	hashes := bufio.NewReaderSize(p.ix.HashReader(), 64<<10)
 	var want [sha256.Size]byte
-	return p.scan(ctx, r, size, func(b int64, blk []byte, zero bool) error {
+	return p.scan(ctx, r, size, &p.readTarget, func(b int64, blk []byte, zero bool) error {
 		if b < p.ix.Blocks {
 			if _, err := io.ReadFull(hashes, want[:]); err != nil {
 				return err
@@ -182,7 +182,7 @@ func (p *plan) scanTarget(ctx context.Context, r io.ReaderAt, size int64) error 
 
 // scanActive hashes the active slot's blocks: every block there is a source for good.
 func (p *plan) scanActive(ctx context.Context, r io.ReaderAt, size int64) error {
-	return p.scan(ctx, r, size, func(b int64, blk []byte, zero bool) error {
+	return p.scan(ctx, r, size, &p.readActive, func(b int64, blk []byte, zero bool) error {
 		if zero || int64(len(blk)) != p.ix.BlockSize {
 			return nil
 		}
@@ -205,8 +205,10 @@ func (p *plan) note(h []byte, b int64, active bool) error {
 	return nil
 }
 
-// scan reads r's first size bytes in 1 MiB reads and hands each block to fn.
-func (p *plan) scan(ctx context.Context, r io.ReaderAt, size int64, fn func(b int64, blk []byte, zero bool) error) error {
+// scan reads r's first size bytes in 1 MiB reads and hands each block to fn. The target and the
+// active scan run at the same time: the one writes only groups' target fields and inPlace, the
+// other only their active fields.
+func (p *plan) scan(ctx context.Context, r io.ReaderAt, size int64, read *int64, fn func(b int64, blk []byte, zero bool) error) error {
 	bs := p.ix.BlockSize
 	buf := make([]byte, max(1<<20, bs))
 	buf = buf[:len(buf)/int(bs)*int(bs)]
@@ -215,7 +217,7 @@ func (p *plan) scan(ctx context.Context, r io.ReaderAt, size int64, fn func(b in
 			return err
 		}
 		n, err := r.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
-		p.readOld += int64(n)
+		*read += int64(n)
 		if err != nil && !(err == io.EOF && off+int64(n) == size) {
 			return &readError{off: off + int64(n), err: err}
 		}
