@@ -53,7 +53,7 @@ func (a *applier) run(ctx context.Context, spans []span) error {
 	a.frameRaw = make([]byte, 0, fs)
 	a.blk = make([]byte, ix.BlockSize)
 	a.zero = make([]byte, ix.BlockSize)
-	a.hashes = make([]byte, ix.BlocksPerFrame()*sha256.Size)
+	a.hashes = make([]byte, ix.BlocksPerFrame()*zimage.BlockHashSize)
 	a.rawH = sha256.New()
 	a.baseRep = a.in.rep
 	a.fetchedF = -1
@@ -71,7 +71,7 @@ func (a *applier) run(ctx context.Context, spans []span) error {
 			return fmt.Errorf("delta install: stopped at frame %d of %d: %w", f, ix.Frames, err)
 		}
 		first, end := f*bpf, min((f+1)*bpf, ix.Blocks)
-		if err := ix.Hashes(first, a.hashes[:(end-first)*sha256.Size]); err != nil {
+		if err := ix.Hashes(first, a.hashes[:(end-first)*zimage.BlockHashSize]); err != nil {
 			return reason.Wrap(reason.InstallFailed, err)
 		}
 		if si < len(spans) && f >= spans[si].first {
@@ -92,7 +92,7 @@ func (a *applier) run(ctx context.Context, spans []span) error {
 			}
 		}
 		for b := first; b < end; b++ {
-			if err := a.block(ctx, f, b, a.hashes[(b-first)*sha256.Size:][:sha256.Size]); err != nil {
+			if err := a.block(ctx, f, b, a.hashes[(b-first)*zimage.BlockHashSize:][:zimage.BlockHashSize]); err != nil {
 				return err
 			}
 		}
@@ -179,7 +179,7 @@ func (a *applier) block(ctx context.Context, f, b int64, want []byte) error {
 	fromFrame := func() ([]byte, error) {
 		k := (b - f*ix.BlocksPerFrame()) * ix.BlockSize
 		c := a.frameRaw[k : k+l]
-		if h := sha256.Sum256(c); !bytes.Equal(h[:], want) {
+		if h := zimage.BlockHash(c); !bytes.Equal(h[:], want) {
 			return nil, reason.Errorf(reason.DigestMismatch, "delta frame %d: block %d has sha256 %x, the signed index says %x", f, b, h, want)
 		}
 		return c, nil
@@ -191,7 +191,7 @@ func (a *applier) block(ctx context.Context, f, b int64, want []byte) error {
 		if err != nil && !(err == io.EOF && int64(n) == l) {
 			return nil, false, nil // unreadable now: fetch it instead
 		}
-		h := sha256.Sum256(c)
+		h := zimage.BlockHash(c)
 		return c, bytes.Equal(h[:], want), nil
 	}
 	write := true

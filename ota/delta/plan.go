@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -41,10 +40,10 @@ type plan struct {
 
 func newPlan(ix *zimage.Index) (*plan, error) {
 	p := &plan{ix: ix, groupOf: make([]uint32, ix.Blocks), inPlace: make([]uint64, (ix.Blocks+63)/64)}
-	z := sha256.Sum256(make([]byte, ix.BlockSize))
+	z := zimage.BlockHash(make([]byte, ix.BlockSize))
 	p.zero = z[:]
 	if l := ix.BlockLen(ix.Blocks - 1); l != ix.BlockSize {
-		z := sha256.Sum256(make([]byte, l))
+		z := zimage.BlockHash(make([]byte, l))
 		p.zeroEnd = z[:]
 	}
 	type entry struct {
@@ -53,7 +52,7 @@ func newPlan(ix *zimage.Index) (*plan, error) {
 	}
 	var entries []entry
 	r := bufio.NewReaderSize(ix.HashReader(), 64<<10)
-	var h [sha256.Size]byte
+	var h [zimage.BlockHashSize]byte
 	for b := range ix.Blocks {
 		if _, err := io.ReadFull(r, h[:]); err != nil {
 			return nil, fmt.Errorf("reading the index: %w", err)
@@ -71,7 +70,7 @@ func newPlan(ix *zimage.Index) (*plan, error) {
 		return cmpU64(uint64(a.blk), uint64(b.blk))
 	})
 	// Equal keys are (almost always) equal hashes; split them by the full hash.
-	var hi, hj [sha256.Size]byte
+	var hi, hj [zimage.BlockHashSize]byte
 	for i := 0; i < len(entries); {
 		j := i + 1
 		for j < len(entries) && entries[j].key == entries[i].key {
@@ -128,7 +127,7 @@ func (p *plan) isZeroHash(b int64, h []byte) bool {
 func (p *plan) lookup(h []byte) (uint32, error) {
 	key := binary.BigEndian.Uint64(h)
 	i := sort.Search(len(p.keys), func(i int) bool { return p.keys[i] >= key })
-	var full [sha256.Size]byte
+	var full [zimage.BlockHashSize]byte
 	for ; i < len(p.keys) && p.keys[i] == key; i++ {
 		g := p.keyGrp[i]
 		if err := p.ix.Hashes(int64(p.groups[g].first), full[:]); err != nil {
@@ -149,7 +148,7 @@ func (p *plan) isInPlace(b int64) bool { return b < p.ix.Blocks && p.inPlace[b/6
 // known block is a source until it is overwritten.
 func (p *plan) scanTarget(ctx context.Context, r io.ReaderAt, size int64) error {
 	hashes := bufio.NewReaderSize(p.ix.HashReader(), 64<<10)
-	var want [sha256.Size]byte
+	var want [zimage.BlockHashSize]byte
 	return p.scan(ctx, r, size, &p.readTarget, func(b int64, blk []byte, zero bool) error {
 		if b < p.ix.Blocks {
 			if _, err := io.ReadFull(hashes, want[:]); err != nil {
@@ -163,7 +162,7 @@ func (p *plan) scanTarget(ctx context.Context, r io.ReaderAt, size int64) error 
 					}
 					return nil // a zero block is never a source: zeros are written, not copied
 				}
-				if h := sha256.Sum256(blk[:l]); bytes.Equal(h[:], want[:]) {
+				if h := zimage.BlockHash(blk[:l]); bytes.Equal(h[:], want[:]) {
 					p.setInPlace(b)
 					if g := p.groupOf[b]; g != none && p.groups[g].target == none {
 						p.groups[g].target = uint32(b)
@@ -175,7 +174,7 @@ func (p *plan) scanTarget(ctx context.Context, r io.ReaderAt, size int64) error 
 		if zero || int64(len(blk)) != p.ix.BlockSize {
 			return nil
 		}
-		h := sha256.Sum256(blk)
+		h := zimage.BlockHash(blk)
 		return p.note(h[:], b, false)
 	})
 }
@@ -186,7 +185,7 @@ func (p *plan) scanActive(ctx context.Context, r io.ReaderAt, size int64) error 
 		if zero || int64(len(blk)) != p.ix.BlockSize {
 			return nil
 		}
-		h := sha256.Sum256(blk)
+		h := zimage.BlockHash(blk)
 		return p.note(h[:], b, true)
 	})
 }

@@ -77,12 +77,12 @@ func buildDelta(ctx context.Context, raw io.ReaderAt, rawSize int64, w *counting
 		d.FrameSize%d.BlockSize != 0 || d.FrameSize > MaxFrameSize {
 		return fmt.Errorf("build: block size %d and frame size %d: want a power of two and a multiple of it (≤ %d)", d.BlockSize, d.FrameSize, MaxFrameSize)
 	}
-	var hashes bytes.Buffer // 32 bytes per block: 8 MiB per GiB, on the build host
+	var hashes bytes.Buffer // 16 bytes per block: 4 MiB per GiB, on the build host
 	var sizes []byte
 	first := w.n
 	if err := encodeRange(ctx, raw, rawSize, opt.FrameSize, opt, func(chunk, frame []byte) error {
 		for off := 0; off < len(chunk); off += int(d.BlockSize) {
-			s := sha256.Sum256(chunk[off:min(len(chunk), off+int(d.BlockSize))])
+			s := BlockHash(chunk[off:min(len(chunk), off+int(d.BlockSize))])
 			hashes.Write(s[:])
 		}
 		sizes = binary.LittleEndian.AppendUint32(sizes, uint32(len(frame)))

@@ -14,19 +14,32 @@ import (
 //
 //	header   64 bytes: "FOTAIDX1", raw size u64, block size u32, frame size u32, blocks u64,
 //	         delta frames u64, object offset of the first delta frame u64, zero padding
-//	hashes   blocks × 32 bytes: SHA-256 of each raw block (the last may be shorter)
+//	hashes   blocks × 16 bytes: SHA-256 of each raw block truncated to 128 bits (the last
+//	         block may be shorter)
 //	frames   delta frames × u32: the compressed size of each delta frame (without its
 //	         8-byte skippable wrapper); frame i+1 starts right after frame i
 //
 // In the object it is one zstd frame inside one skippable frame (magic 0x184D2A5C).
 const (
 	indexHeaderSize = 64
-	hashSize        = sha256.Size
+	hashSize        = BlockHashSize
 	frameEntrySize  = 4
 	maxIndexRawSize = 1 << 30 // 32 GiB of image at 4 KiB blocks
 )
 
 var indexMagic = [8]byte{'F', 'O', 'T', 'A', 'I', 'D', 'X', '1'}
+
+// BlockHashSize is the bytes of SHA-256 kept per block: 128 bits, as zchunk's sha512_128. The
+// index is signed, so a block hash needs second-preimage resistance (2^128), not collision
+// resistance; the whole image is checked against its full SHA-256 as well. It halves the part
+// of a delta that is index.
+const BlockHashSize = 16
+
+// BlockHash is the index's hash of one block.
+func BlockHash(b []byte) [BlockHashSize]byte {
+	s := sha256.Sum256(b)
+	return [BlockHashSize]byte(s[:BlockHashSize])
+}
 
 // Index is a parsed, checked block index. Its hashes stay in the ReaderAt they came from (a
 // file in the state directory): a device does not hold 8 MiB of hashes per GiB in memory.
@@ -113,7 +126,7 @@ func (ix *Index) BlockLen(b int64) int64 { return min(ix.BlockSize, ix.RawSize-b
 // BlocksPerFrame is FrameSize / BlockSize.
 func (ix *Index) BlocksPerFrame() int64 { return ix.FrameSize / ix.BlockSize }
 
-// Hashes reads the SHA-256 of blocks [first, first+len(dst)/32) into dst.
+// Hashes reads the block hashes of blocks [first, first+len(dst)/BlockHashSize) into dst.
 func (ix *Index) Hashes(first int64, dst []byte) error {
 	if len(dst)%hashSize != 0 || first < 0 || first+int64(len(dst)/hashSize) > ix.Blocks {
 		return fmt.Errorf("index: hashes [%d, +%d) out of range", first, len(dst)/hashSize)

@@ -104,7 +104,7 @@ func Verify(ctx context.Context, obj io.ReaderAt, m Manifest, tmpDir string) err
 		}
 		for k := range nb {
 			blk := raw[k*d.BlockSize : min(int64(len(raw)), (k+1)*d.BlockSize)]
-			if s := sha256.Sum256(blk); !bytes.Equal(s[:], want[k*hashSize:(k+1)*hashSize]) {
+			if s := BlockHash(blk); !bytes.Equal(s[:], want[k*hashSize:(k+1)*hashSize]) {
 				return bad("delta frame %d: block %d does not match the index", fr, first+k)
 			}
 		}
