@@ -17,7 +17,7 @@ import (
 const (
 	DefaultFullFrameSize = 16 << 20 // ≤ 1.05× one solid zstd -19 --long=27 stream; 16 MiB of decoder window
 	DefaultBlockSize     = 4 << 10  // the ext4 block: smaller finds no more, larger finds much less
-	DefaultFrameSize     = 64 << 10 // delta frames: the balance of bytes fetched against requests
+	DefaultFrameSize     = 16 << 10 // delta frames: fewest bytes fetched, ~100 requests per GiB (BENCHMARKS.md sweep)
 )
 
 // Options shape what Build writes. The zero value is a full part only (files and binaries).

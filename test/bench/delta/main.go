@@ -39,6 +39,8 @@ import (
 
 const childEnv = "FIELDOTA_DELTA_BENCH_CHILD"
 
+var onlySweep bool
+
 func main() {
 	if mode := os.Getenv(childEnv); mode != "" {
 		os.Exit(child(mode))
@@ -47,7 +49,11 @@ func main() {
 	cache := flag.String("cache", cacheDir, "images, objects and results")
 	out := flag.String("out", "BENCHMARKS.md", "report file whose delta section is replaced")
 	sweep := flag.Bool("sweep", true, "also measure delta bytes against frame and block sizes")
+	sweepOnly := flag.Bool("sweep-only", false, "only the frame-size sweep (printed, no report)")
 	flag.Parse()
+	if *sweepOnly {
+		onlySweep = true
+	}
 	if err := run(*cache, *out, *sweep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench delta:", err)
 		os.Exit(1)
@@ -117,6 +123,12 @@ func run(cache, out string, sweep bool) error {
 	go hs.Serve(ln)
 	defer hs.Close()
 
+	if onlySweep {
+		sw, err := frameSweep(cache, imgDir, srvDir, p)
+		b, _ := json.MarshalIndent(sw, "", " ")
+		fmt.Println(string(b))
+		return err
+	}
 	var results []result
 	for _, pr := range pairs {
 		r, err := measurePair(cache, imgDir, srvDir, p, pr, !strings.HasSuffix(pr.Name, "-stable"))
@@ -640,7 +652,7 @@ func frameSweep(cache, imgDir, srvDir string, p *s3.Presigner) ([]sweepRow, erro
 	if b, err := os.ReadFile(resPath); err == nil && json.Unmarshal(b, &rows) == nil {
 		return rows, nil
 	}
-	for _, fs := range []int64{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20} {
+	for _, fs := range []int64{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10} {
 		fmt.Fprintf(os.Stderr, "bench delta: sweep: frames of %d KiB\n", fs>>10)
 		name := fmt.Sprintf("sweep-%d.zst", fs>>10)
 		m, err := buildObject(newPath, filepath.Join(srvDir, "bucket", name), zimage.Options{Delta: true, FrameSize: fs, Encoder: zimage.GoEncoder{}})
