@@ -3,11 +3,9 @@ package delta
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math/bits"
 	"os"
@@ -33,7 +31,7 @@ type applier struct {
 	blk      []byte
 	zero     []byte
 	hashes   []byte // the index hashes of the current frame's blocks
-	rawH     hash.Hash
+	rawH     *hashPipe
 	done     int64
 	baseRep  Report
 	fetchedF int64 // the frame held in frameRaw, or -1
@@ -54,7 +52,13 @@ func (a *applier) run(ctx context.Context, spans []span) error {
 	a.blk = make([]byte, ix.BlockSize)
 	a.zero = make([]byte, ix.BlockSize)
 	a.hashes = make([]byte, ix.BlocksPerFrame()*zimage.BlockHashSize)
-	a.rawH = sha256.New()
+	a.rawH = newHashPipe()
+	summed := false
+	defer func() {
+		if !summed {
+			a.rawH.Stop()
+		}
+	}()
 	a.baseRep = a.in.rep
 	a.fetchedF = -1
 
@@ -97,7 +101,8 @@ func (a *applier) run(ctx context.Context, spans []span) error {
 			}
 		}
 	}
-	if got := a.rawH.Sum(nil); subtle.ConstantTimeCompare(got, a.in.m.Raw.Sum()) != 1 {
+	summed = true
+	if got := a.rawH.Sum(); subtle.ConstantTimeCompare(got, a.in.m.Raw.Sum()) != 1 {
 		return reason.Errorf(reason.DigestMismatch, "delta install: the image written has sha256 %x, signed %s", got, a.in.m.Raw.SHA256)
 	}
 	if fi, err := a.target.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() != ix.RawSize {
