@@ -695,7 +695,12 @@ const beginMark, endMark = "<!-- delta-bench:begin -->", "<!-- delta-bench:end -
 
 func writeReport(out string, rs []result, sw []sweepRow) error {
 	var b strings.Builder
-	mb := func(n int64) string { return fmt.Sprintf("%.1f", float64(n)/1e6) }
+	mb := func(n int64) string {
+		if n < 1e6 {
+			return fmt.Sprintf("%.3f", float64(n)/1e6)
+		}
+		return fmt.Sprintf("%.1f", float64(n)/1e6)
+	}
 	pct := func(n, of int64) string {
 		if of == 0 {
 			return "–"
@@ -704,6 +709,7 @@ func writeReport(out string, rs []result, sw []sweepRow) error {
 	}
 	fmt.Fprintf(&b, "%s\n## Compressed and delta slot updates (`go run ./test/bench/delta`)\n\n", beginMark)
 	fmt.Fprintf(&b, "Generated on %s. Images: Debian bookworm minbase (debootstrap, %s), `mkfs.ext4 -d`, %d MiB each, built by `test/bench/delta-images.sh`.\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOARCH, rs[0].RawSize>>20)
+	b.WriteString("One run per pair on a shared 2-core machine (other work runs beside it): wall times move by up to 2× between runs; bytes and requests do not. ")
 	b.WriteString("Sizes in MB (10^6 bytes); percentages are of the solid `zstd -19 --long=27` image of the new release. Device side: the emulator's artifact server on loopback, a file-backed target slot that holds nothing reusable (a sparse file), the old image as the active slot; each install is a child process reporting its own peak RSS (VmHWM).\n\n")
 	b.WriteString("| pair | change | raw | non-zero | solid zstd -19 --long=27 | our full part | our object in S3 (full + delta frames + index) | index |\n|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
