@@ -47,9 +47,13 @@ fuzz:
 demo: build
 	$(BIN)/fieldota demo
 
+# The downloader benchmark, then the compressed/delta one (root: it builds Debian images with
+# debootstrap; cached under ~/.cache/fieldota-bench). Both write BENCHMARKS.md.
 bench:
 	$(GO) run ./test/bench
 	$(GO) run ./test/bench/fleet
+	scripts/bench-deps.sh
+	$(GO) run ./test/bench/delta
 
 # The A/B story on an emulated arm64 board (QEMU TCG + Debian's U-Boot + Linux; test/device,
 # docs/device-in-a-box.md): installs the tools and fetches the arm64 packages, then runs it.

@@ -51,12 +51,16 @@ const (
 	// WaitExceedsTimeout: the update must wait (for a window or a hook) longer than the job's
 	// in-progress timeout leaves: reported before AWS would time the execution out.
 	WaitExceedsTimeout Code = "WAIT_EXCEEDS_TIMEOUT"
+	// DecompressionBomb: a compressed payload decompresses past its signed raw size. Its own code,
+	// not SIZE_MISMATCH: the bytes on the wire may be exactly the signed ones (a release built
+	// wrong) or a decoder is being attacked, and it is refused before the extra byte is written.
+	DecompressionBomb Code = "DECOMPRESSION_BOMB"
 )
 
 // All lists every code once, for tests and documentation.
 var All = []Code{
 	InvalidDocument, UnsupportedOperation, IncompatibleDevice, DowngradeRefused, Unsigned,
-	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DownloadFailed, URLExpired,
+	UntrustedKey, SignatureInvalid, DigestMismatch, SizeMismatch, DecompressionBomb, DownloadFailed, URLExpired,
 	InsufficientSpace, InstallFailed, HealthCheckFailed, BootFailed, AutostartFailed, Canceled,
 	Internal, DocumentMismatch, ReleaseExpired, UnsafePath, HostNotAllowed, DownloadTooSlow,
 	PolicyRefused, WaitExceedsTimeout,

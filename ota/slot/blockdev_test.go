@@ -7,34 +7,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/test/artifact"
 )
 
-// loopDevice attaches a 4 MiB image as a loop block device (root and util-linux's losetup, as
-// in CI) so that the slot code meets a real block device: no truncation, stat size 0, a
-// capacity found by seeking.
+// loopDevice attaches a 4 MiB image as a loop block device so that the slot code meets a real
+// block device: no truncation, stat size 0, a capacity found by seeking.
 func loopDevice(t *testing.T) string {
 	t.Helper()
-	img := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(img, bytes.Repeat([]byte{0xee}, 4<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup (needs root and loop devices, like CI): %v %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v %s", dev, err, out)
-		}
-	})
-	return dev
+	return artifact.LoopDevice(t, bytes.Repeat([]byte{0xee}, 4<<20))
 }
 
 // TestBlockDeviceSlotIsWrittenReadBackAndChecked: a payload larger than the partition is
