@@ -118,6 +118,9 @@ func (a *Agent) NotifyNext(ev jobs.NextJobExecutionChanged) {
 		default:
 		}
 	}
+	if running == "" && ev.Execution == nil {
+		return // idle, and the service says nothing is next: there is nothing to look at
+	}
 	a.Wake()
 }
 
@@ -143,9 +146,9 @@ func (a *Agent) Run(ctx context.Context, api jobsAPI) error {
 	}
 	// serveNext resumes a journaled job before it looks for new ones.
 	if err := a.serveNext(ctx); err != nil && ctx.Err() == nil {
-		a.log.Warn("first look for work failed; will retry on the next event", "err", err)
+		a.log.Warn("first look for work failed; will retry", "err", err)
+		a.Wake()
 	}
-	a.Wake()
 	poll := time.NewTicker(pollInterval)
 	defer poll.Stop()
 	for {
@@ -183,6 +186,12 @@ func (a *Agent) serveNext(ctx context.Context) error {
 			continue
 		case !errors.Is(err, ota.ErrNoJournal):
 			return err
+		}
+		// This look answers every wake that came before it (a connect, a notify-next during
+		// the job just finished): drop them, so each costs no second request.
+		select {
+		case <-a.wake:
+		default:
 		}
 		exec, err := a.api.Describe(ctx, jobs.DescribeInput{JobID: "$next", IncludeJobDocument: true})
 		if err != nil {
