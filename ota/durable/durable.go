@@ -55,8 +55,10 @@ func Write(path string, perm fs.FileMode, fill func(w io.Writer) error) (err err
 	if err = fill(f); err != nil {
 		return fmt.Errorf("durable write %s: %w", path, err)
 	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("durable write %s: fsync: %w", path, err)
+	if syncBeforeRename {
+		if err = f.Sync(); err != nil {
+			return fmt.Errorf("durable write %s: fsync: %w", path, err)
+		}
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("durable write %s: close: %w", path, err)
