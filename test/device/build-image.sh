@@ -67,7 +67,11 @@ cmd_base() {
   cp "$T/x/usr/bin/fw_setenv" "$S/usr/bin/fw_setenv"
   mkdir -p "$S/lib"
   cp -L "$T/x/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1" "$S/lib/ld-linux-aarch64.so.1"
-  for l in libc.so.6 libz.so.1 libubootenv.so.0; do
+  # e2fsck: slot-init checks the data partition before mounting it.
+  f=$(find "$T/x" -path '*/sbin/e2fsck' | head -1)
+  [ -n "$f" ] || die "e2fsck not in the packages"
+  cp "$f" "$S/sbin/e2fsck"
+  for l in libc.so.6 libz.so.1 libubootenv.so.0 libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 libuuid.so.1; do
     f=$(find "$T/x" -name "$l" | head -1)
     [ -n "$f" ] || die "library $l not in the packages"
     cp -L "$f" "$S/lib/aarch64-linux-gnu/$l"
