@@ -60,7 +60,7 @@ cmd_base() {
            "$S/proc" "$S/sys" "$S/dev" "$S/tmp" "$S/run" "$S/boot" "$S/data" "$S/var/lib/fieldota" "$S/root"
   cp "$T/x/bin/busybox" "$S/bin/busybox"
   for a in sh ash mount umount mkdir cat echo sed ip sleep sync reboot poweroff ls cp mv rm ln dd \
-           true false grep awk ps kill date uname dmesg hexdump md5sum sha256sum head tail wc test stat df du; do
+           true false grep awk ps kill killall setsid touch date uname dmesg hexdump md5sum sha256sum head tail wc test stat df du; do
     ln -sf busybox "$S/bin/$a"
   done
   cp "$T/x/usr/bin/fw_printenv" "$S/usr/bin/fw_printenv"
@@ -113,7 +113,8 @@ cmd_slot() {
     noboot) cp "$HERE/guest/noboot-init" "$R/sbin/init" ;;
     *) die "slot kind $kind is not normal or noboot" ;;
   esac
-  chmod 755 "$R/sbin/init"
+  cp "$HERE/guest/fieldota-reboot" "$R/sbin/fieldota-reboot"
+  chmod 755 "$R/sbin/init" "$R/sbin/fieldota-reboot"
   rm -f "$out"
   # mkfs.ext4 -d fills the file system without mounting anything; no metadata_csum/64bit, like the
   # reference layout (any image works: the job signs the bytes as built).
