@@ -3,7 +3,6 @@ package judge
 import (
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"time"
 
@@ -144,6 +143,19 @@ func (s *Summary) Report(w io.Writer, all, classes bool) {
 			}
 		}
 	}
+	recovered := map[string]int{}
+	for _, r := range s.Results {
+		for _, wn := range r.Warnings {
+			kind := "a torn checkpoint the downloader drops"
+			if strings.Contains(wn, "boot-time e2fsck") {
+				kind = "a data file system only the boot-time e2fsck repairs"
+			}
+			recovered[kind]++
+		}
+	}
+	for kind, n := range recovered {
+		fmt.Fprintf(w, "recognised and recovered (booted in every mode): %d points with %s\n", n, kind)
+	}
 	fmt.Fprintf(w, "state classes: %d\n", len(s.Classes))
 	if !classes {
 		return
@@ -152,44 +164,4 @@ func (s *Summary) Report(w io.Writer, all, classes bool) {
 		first := s.Results[cl.Points[0]].Point.Name()
 		fmt.Fprintf(w, "  class %d: %d points (first %s), expect %s\n      %s\n", i, len(cl.Points), first, cl.Expect, strings.ReplaceAll(cl.Key, " | ", "\n      "))
 	}
-}
-
-// Sample picks the classes to boot: every class with a torn file to recover from, every class
-// whose job must end differently from its neighbours', and the rest up to limit (0: all), spread
-// over the log. The choice is deterministic.
-func (s *Summary) Sample(limit int) []*Class {
-	if limit <= 0 || limit >= len(s.Classes) {
-		return s.Classes
-	}
-	chosen := map[*Class]bool{}
-	var out []*Class
-	pick := func(c *Class) {
-		if !chosen[c] {
-			chosen[c] = true
-			out = append(out, c)
-		}
-	}
-	for _, c := range s.Classes {
-		if c.Recover {
-			pick(c)
-		}
-	}
-	seen := map[string]bool{}
-	for _, c := range s.Classes {
-		k := c.Expect.Status + fmt.Sprint(c.Expect.RolledBack, c.Expect.Reported, c.Expect.Job == "")
-		if !seen[k] {
-			seen[k] = true
-			pick(c)
-		}
-	}
-	for step := len(s.Classes) / limit; len(out) < limit; step = max(1, step/2) {
-		for i := 0; i < len(s.Classes) && len(out) < limit; i += max(step, 1) {
-			pick(s.Classes[i])
-		}
-		if step == 1 {
-			break
-		}
-	}
-	sort.Slice(out, func(a, b int) bool { return out[a].Points[0] < out[b].Points[0] })
-	return out
 }
