@@ -266,8 +266,8 @@ func diskLayout(disk []byte) (judge.Layout, error) {
 		StateDir: "/fieldota", AppDir: "/app", BootFsck: true}, nil
 }
 
-// replayAll judges every point of the recording offline.
-func replayAll(t *testing.T, r *recording, m powerLossMode) (*judge.Summary, *wlog.Log) {
+// open reads the disk the recording started from and its write log.
+func (r *recording) open(t *testing.T) ([]byte, *wlog.Log) {
 	t.Helper()
 	base, err := os.ReadFile(r.base)
 	if err != nil {
@@ -278,6 +278,13 @@ func replayAll(t *testing.T, r *recording, m powerLossMode) (*judge.Summary, *wl
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	return base, l
+}
+
+// replayAll judges every point of the recording offline.
+func replayAll(t *testing.T, r *recording, m powerLossMode) (*judge.Summary, *wlog.Log) {
+	t.Helper()
+	base, l := r.open(t)
 	judge.Bind(r.rec.Events, l)
 	plan := replay.NewPlan(l, m.Options)
 	work := filepath.Join(r.dir, "judge")
@@ -659,15 +666,7 @@ func TestPowerLossHarnessIsNotBlind(t *testing.T) {
 // writeDiskAt replays the recording to point p and writes the disk to path.
 func writeDiskAt(t *testing.T, r *recording, p replay.Point, path string) {
 	t.Helper()
-	base, err := os.ReadFile(r.base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := wlog.Open(r.log, int64(len(base)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	base, l := r.open(t)
 	d := replay.NewDisk(base, l, r.rec.Layout.Regions())
 	undo, err := d.At(p)
 	if err != nil {
