@@ -154,7 +154,7 @@ func (s *Summary) Report(w io.Writer, all, classes bool) {
 		}
 	}
 	for kind, n := range recovered {
-		fmt.Fprintf(w, "recognised and recovered (booted in every mode): %d points with %s\n", n, kind)
+		fmt.Fprintf(w, "recognised and recovered: %d points with %s\n", n, kind)
 	}
 	fmt.Fprintf(w, "state classes: %d\n", len(s.Classes))
 	if !classes {
