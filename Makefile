@@ -10,7 +10,7 @@ PKGS      := ./...
 FUZZTIME  ?= 50000x
 FUZZ      ?= ./ota/jobdoc:FuzzParseDocument ./verify:FuzzParseSignature ./verify:FuzzParseEnvelope ./verify:FuzzParseVersion ./test/jobsim:FuzzDeviceRequest ./agent/jobs:FuzzInbound
 
-.PHONY: all build build-pkcs11 test unit fuzz lint demo bench deps clean test-device
+.PHONY: all build build-pkcs11 test unit fuzz lint demo bench deps clean test-device test-powercut
 
 all: build
 
@@ -60,6 +60,13 @@ bench:
 test-device:
 	scripts/device-deps.sh
 	$(GO) test -tags device -count=1 -v -timeout 30m ./test/device/
+
+# Power-loss truth, the whole set (docs/power-loss.md): the board's writes recorded through QEMU's
+# blklogwrites, replayed to every flush point and between flushes, every class of states booted
+# (about 20 minutes). `make test-device` runs the fixed CI sample of the same tests.
+test-powercut:
+	scripts/device-deps.sh
+	FIELDOTA_POWERCUT=full $(GO) test -tags device -count=1 -v -timeout 90m -run 'TestPowerLoss' ./test/device/
 
 clean:
 	rm -rf $(BIN)

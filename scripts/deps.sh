@@ -18,6 +18,12 @@ declare -A need=(
   [gcc]=gcc
   # the update policy test talks to a stand-in NetworkManager on a private D-Bus
   [dbus-daemon]=dbus-daemon
+  # test/powercut reads replayed disks with the tools that made them
+  [mkfs.vfat]=dosfstools
+  [mcopy]=mtools
+  [mkenvimage]=u-boot-tools
+  [e2fsck]=e2fsprogs
+  [debugfs]=e2fsprogs
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }

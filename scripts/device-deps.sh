@@ -45,7 +45,9 @@ fi
 # --- arm64 packages through a private APT configuration ---
 ARM="$CACHE/arm64"
 DEBS="$ARM/debs"
-ARM_PKGS=(linux-image-cloud-arm64 busybox-static libubootenv-tool libubootenv0.1 libc6 zlib1g)
+# e2fsprogs and its libraries: the slots check the data partition before mounting it.
+ARM_PKGS=(linux-image-cloud-arm64 busybox-static libubootenv-tool libubootenv0.1 libc6 zlib1g
+          e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1)
 stamp="$ARM/fetched-$(printf '%s\n' "${ARM_PKGS[@]}" | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   mkdir -p "$ARM/apt/lists/partial" "$ARM/apt/cache/archives/partial" "$ARM/apt/etc/preferences.d" "$DEBS"
@@ -83,10 +85,11 @@ CONF
   kpkg=${kpkg%%:*}
   [ -n "$kpkg" ] || { echo "device-deps: cannot resolve linux-image-cloud-arm64:arm64" >&2; exit 1; }
   rm -f "$DEBS"/*.deb
-  (cd "$DEBS" && apt-get download -qq "$kpkg:arm64" busybox-static:arm64 libubootenv-tool:arm64 \
-      libubootenv0.1:arm64 libc6:arm64 zlib1g:arm64)
+  pkgs=("$kpkg:arm64")
+  for p in "${ARM_PKGS[@]:1}"; do pkgs+=("$p:arm64"); done
+  (cd "$DEBS" && apt-get download -qq "${pkgs[@]}")
   n=$(ls "$DEBS"/*.deb | wc -l)
-  [ "$n" -eq 6 ] || { echo "device-deps: expected 6 arm64 packages in $DEBS, got $n" >&2; exit 1; }
+  [ "$n" -eq ${#ARM_PKGS[@]} ] || { echo "device-deps: expected ${#ARM_PKGS[@]} arm64 packages in $DEBS, got $n" >&2; exit 1; }
   touch "$stamp"
 fi
 echo "device-deps: ok (arm64 packages in $DEBS)"

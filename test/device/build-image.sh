@@ -5,9 +5,11 @@
 #   build-image.sh slot OUT EXTRA KIND  a root slot (ext4 image): the base user space + the
 #                                       files under EXTRA (agent, config, key, version);
 #                                       KIND = normal | noboot (init exits at once)
-#   build-image.sh disk OUT SLOT_A      the whole disk: p1 boot (FAT: Image, initramfs,
+#   build-image.sh disk OUT SLOT_A [DATA]
+#                                       the whole disk: p1 boot (FAT: Image, initramfs,
 #                                       boot.scr, uboot.env + uboot-redund.env), p2 slot a, p3 slot b (empty),
-#                                       p4 data (ext4, the agent's state)
+#                                       p4 data (ext4: /fieldota, the agent's state, and the files
+#                                       under DATA, e.g. app/ for files jobs and binary swaps)
 #
 # The slow part (base) is cached under $FIELDOTA_DEVICE_CACHE (default
 # ${XDG_CACHE_HOME:-$HOME/.cache}/fieldota-device), keyed by the packages and this script's guest
@@ -55,17 +57,21 @@ cmd_base() {
   # skel: the user space every slot shares (busybox applets as links, libubootenv-tool + libs).
   local S="$T/skel"
   mkdir -p "$S/bin" "$S/sbin" "$S/usr/bin" "$S/usr/sbin" "$S/lib/aarch64-linux-gnu" "$S/etc/fieldota" \
-           "$S/proc" "$S/sys" "$S/dev" "$S/tmp" "$S/run" "$S/boot" "$S/var/lib/fieldota" "$S/root"
+           "$S/proc" "$S/sys" "$S/dev" "$S/tmp" "$S/run" "$S/boot" "$S/data" "$S/var/lib/fieldota" "$S/root"
   cp "$T/x/bin/busybox" "$S/bin/busybox"
   for a in sh ash mount umount mkdir cat echo sed ip sleep sync reboot poweroff ls cp mv rm ln dd \
-           true false grep awk ps kill date uname dmesg hexdump md5sum sha256sum head tail wc test stat df du; do
+           true false grep awk ps kill killall setsid touch date uname dmesg hexdump md5sum sha256sum head tail wc test stat df du; do
     ln -sf busybox "$S/bin/$a"
   done
   cp "$T/x/usr/bin/fw_printenv" "$S/usr/bin/fw_printenv"
   cp "$T/x/usr/bin/fw_setenv" "$S/usr/bin/fw_setenv"
   mkdir -p "$S/lib"
   cp -L "$T/x/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1" "$S/lib/ld-linux-aarch64.so.1"
-  for l in libc.so.6 libz.so.1 libubootenv.so.0; do
+  # e2fsck: slot-init checks the data partition before mounting it.
+  f=$(find "$T/x" -path '*/sbin/e2fsck' | head -1)
+  [ -n "$f" ] || die "e2fsck not in the packages"
+  cp "$f" "$S/sbin/e2fsck"
+  for l in libc.so.6 libz.so.1 libubootenv.so.0 libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 libuuid.so.1; do
     f=$(find "$T/x" -name "$l" | head -1)
     [ -n "$f" ] || die "library $l not in the packages"
     cp -L "$f" "$S/lib/aarch64-linux-gnu/$l"
@@ -107,7 +113,8 @@ cmd_slot() {
     noboot) cp "$HERE/guest/noboot-init" "$R/sbin/init" ;;
     *) die "slot kind $kind is not normal or noboot" ;;
   esac
-  chmod 755 "$R/sbin/init"
+  cp "$HERE/guest/fieldota-reboot" "$R/sbin/fieldota-reboot"
+  chmod 755 "$R/sbin/init" "$R/sbin/fieldota-reboot"
   rm -f "$out"
   # mkfs.ext4 -d fills the file system without mounting anything; no metadata_csum/64bit, like the
   # reference layout (any image works: the job signs the bytes as built).
@@ -116,7 +123,7 @@ cmd_slot() {
 }
 
 cmd_disk() {
-  local out=$1 slota=$2 B; B=$(cmd_base)
+  local out=$1 slota=$2 datadir=${3:-} B; B=$(cmd_base)
   local W; W=$(mktemp -d)
   mkimage -A arm64 -O linux -T script -C none -d "$HERE/boot.cmd" "$W/boot.scr" >/dev/null
   printf '%s\n' fieldota_slot=a fieldota_try=0 bootcount=0 bootlimit=1 fieldota_bad_a=0 fieldota_bad_b=0 fieldota_canary=0 > "$W/env.txt"
@@ -126,9 +133,12 @@ cmd_disk() {
   # p1 boot (FAT)
   rm -f "$W/boot.img"; mkfs.vfat -C -n FDBOOT "$W/boot.img" $((BOOT_MB*1024)) >/dev/null
   mcopy -i "$W/boot.img" "$B/Image" "$B/initramfs.cpio.gz" "$W/boot.scr" "$W/uboot.env" "$W/uboot-redund.env" ::/
-  # p4 data (ext4)
-  mkdir -p "$W/data"
-  mkfs.ext4 -q -F -L fieldota-data -d "$W/data" "$W/data.img" "${DATA_MB}M"
+  # p4 data (ext4): the state dir (bind-mounted at /var/lib/fieldota by slot-init) and DATA.
+  # Inode tables and the journal are initialised now, not lazily by the first mount: the
+  # board's first minutes would otherwise be full of background zeroing writes.
+  mkdir -p "$W/data/fieldota"; chmod 700 "$W/data/fieldota"
+  [ -z "$datadir" ] || cp -a "$datadir/." "$W/data/"
+  mkfs.ext4 -q -F -L fieldota-data -E lazy_itable_init=0,lazy_journal_init=0 -d "$W/data" "$W/data.img" "${DATA_MB}M"
   local total=$((1 + BOOT_MB + SLOT_MB + SLOT_MB + DATA_MB + 1))
   rm -f "$out"; truncate -s "${total}M" "$out"
   sfdisk -q "$out" <<PT
@@ -148,6 +158,6 @@ PT
 case "${1:-}" in
   base) cmd_base ;;
   slot) [ $# -eq 4 ] || die "usage: slot OUT EXTRA_DIR normal|noboot"; cmd_slot "$2" "$3" "$4" ;;
-  disk) [ $# -eq 3 ] || die "usage: disk OUT SLOT_A_IMAGE"; cmd_disk "$2" "$3" ;;
-  *) die "usage: build-image.sh base | slot OUT EXTRA KIND | disk OUT SLOT_A" ;;
+  disk) [ $# -eq 3 ] || [ $# -eq 4 ] || die "usage: disk OUT SLOT_A_IMAGE [DATA_DIR]"; cmd_disk "$2" "$3" "${4:-}" ;;
+  *) die "usage: build-image.sh base | slot OUT EXTRA KIND | disk OUT SLOT_A [DATA]" ;;
 esac

@@ -69,7 +69,7 @@ func TestTPMIdentityGoodImageCommitted(t *testing.T) {
 	}
 	issued := s.factoryStation(t, factoryPort)
 	tp := swtpm.StartForQEMU(t, filepath.Join(s.dir, "tpm-state"))
-	s.qemuArgs = []string{"-chardev", "socket,id=chrtpm,path=" + tp.Ctrl,
+	s.extraQEMU = []string{"-chardev", "socket,id=chrtpm,path=" + tp.Ctrl,
 		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis-device,tpmdev=tpm0"}
 
 	s.powerOn()
