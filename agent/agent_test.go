@@ -35,6 +35,8 @@ type harness struct {
 	cfg       *config.Config
 	// onTransition, if set before run, sees each persisted transition (a crash point).
 	onTransition func(*ota.Journal)
+	// wrapAPI, if set before run, stands between the agent and the Jobs client (a slow link).
+	wrapAPI func(jobsAPI) jobsAPI
 
 	mu     sync.Mutex
 	events []jobsim.Event
@@ -155,8 +157,12 @@ func (h *harness) run() func() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	var api jobsAPI = cl
+	if h.wrapAPI != nil {
+		api = h.wrapAPI(cl)
+	}
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, cl) }()
+	go func() { done <- a.Run(ctx, api) }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
