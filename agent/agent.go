@@ -166,6 +166,14 @@ func (a *Agent) serveNext(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if exec != nil && jobs.ValidJobID(exec.JobID) != nil {
+			// Refused on receipt, for good: it could never be reported. Jobs queued behind it
+			// still run (only a broker that is not AWS can send such an id).
+			a.log.Error("pending job refused: its id is outside AWS's pattern; looking past it", "job", fmt.Sprintf("%.70q", exec.JobID))
+			if exec, err = a.nextAddressable(ctx); err != nil {
+				return err
+			}
+		}
 		if exec == nil {
 			a.log.Debug("no pending job")
 			return nil
@@ -184,6 +192,25 @@ func (a *Agent) serveNext(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// nextAddressable returns the first pending execution, in progress before queued, that has a
+// valid job id and was not handled here yet; nil when there is none.
+func (a *Agent) nextAddressable(ctx context.Context) (*jobs.JobExecution, error) {
+	p, err := a.api.GetPending(ctx)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	for _, s := range append(append([]jobs.JobExecutionSummary(nil), p.InProgress...), p.Queued...) {
+		a.mu.Lock()
+		seen := a.done[execKey{s.JobID, s.ExecutionNumber}]
+		a.mu.Unlock()
+		if seen || jobs.ValidJobID(s.JobID) != nil {
+			continue
+		}
+		return a.api.Describe(ctx, jobs.DescribeInput{JobID: s.JobID, ExecutionNumber: s.ExecutionNumber, IncludeJobDocument: true})
+	}
+	return nil, nil
 }
 
 func (a *Agent) markDone(job string, n int64) {

@@ -15,6 +15,9 @@ import (
 type jobsAPI interface {
 	Describe(ctx context.Context, in jobs.DescribeInput) (*jobs.JobExecution, error)
 	Update(ctx context.Context, jobID string, in jobs.UpdateInput) (*jobs.UpdateResult, error)
+	// GetPending lists the pending executions; the agent needs it only when $next names one it
+	// cannot address.
+	GetPending(ctx context.Context) (*jobs.PendingJobs, error)
 }
 
 // errCanceled means the execution was canceled, deleted, timed out or otherwise ended by the

@@ -27,6 +27,10 @@ func (s *lossyService) Describe(context.Context, jobs.DescribeInput) (*jobs.JobE
 	return nil, nil
 }
 
+func (s *lossyService) GetPending(context.Context) (*jobs.PendingJobs, error) {
+	return &jobs.PendingJobs{}, nil
+}
+
 func (s *lossyService) Update(_ context.Context, _ string, in jobs.UpdateInput) (*jobs.UpdateResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -120,6 +124,10 @@ type mismatchForever struct {
 
 func (s *mismatchForever) Describe(context.Context, jobs.DescribeInput) (*jobs.JobExecution, error) {
 	return nil, nil
+}
+
+func (s *mismatchForever) GetPending(context.Context) (*jobs.PendingJobs, error) {
+	return &jobs.PendingJobs{}, nil
 }
 
 func (s *mismatchForever) Update(context.Context, string, jobs.UpdateInput) (*jobs.UpdateResult, error) {
