@@ -42,6 +42,11 @@ type Client struct {
 	lastConnErr error
 	first       chan error // result of the first connect+subscribe
 	firstSent   bool
+	// gen counts the losses of the link: a subscription made on a link that was lost since
+	// must not mark the client ready (onLost can run between the SUBACK and afterConnect).
+	gen uint64
+	// afterSubscribe, when set (tests), runs between a successful subscribe and marking ready.
+	afterSubscribe func()
 
 	evMu     sync.Mutex
 	evNext   *NextJobExecutionChanged
@@ -310,10 +315,13 @@ func (c *Client) deliverEvents() {
 
 // onConnect runs (on paho's own goroutine) after every connect: subscribe, mark ready, run the hook.
 func (c *Client) onConnect(mqtt.Client) {
-	c.goTracked(c.afterConnect)
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
+	c.goTracked(func() { c.afterConnect(gen) })
 }
 
-func (c *Client) afterConnect() {
+func (c *Client) afterConnect(gen uint64) {
 	for attempt := 1; ; attempt++ {
 		err := c.subscribe()
 		if err == nil {
@@ -332,6 +340,18 @@ func (c *Client) afterConnect() {
 		}
 	}
 	c.mu.Lock()
+	hook := c.afterSubscribe
+	c.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	c.mu.Lock()
+	if c.gen != gen || !c.mc.IsConnectionOpen() {
+		// The link these subscriptions were made on is gone: the next connect subscribes again.
+		c.mu.Unlock()
+		c.log.Debug("jobs: link lost right after subscribing; not ready")
+		return
+	}
 	select {
 	case <-c.ready:
 	default:
@@ -395,6 +415,7 @@ func (c *Client) onLost(_ mqtt.Client, err error) {
 	// paho runs this on its own goroutine: if a reconnect already completed, the link is open
 	// again and ready must stay set.
 	if !c.mc.IsConnectionOpen() {
+		c.gen++
 		select {
 		case <-c.ready:
 			c.ready = make(chan struct{})
