@@ -14,6 +14,7 @@ import (
 
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/verify"
@@ -35,6 +36,7 @@ type Agent struct {
 	wake chan struct{} // a (re)connect or notify-next: look at $next again
 
 	mu      sync.Mutex
+	ranHere map[execKey]bool // journals this process already ran: running one again is a retry
 	running string           // job id of the job in progress, "" when idle
 	recheck chan struct{}    // notify-next while a job runs: is it still ours?
 	done    map[execKey]bool // executions finished here (dedupe on jobId+executionNumber)
@@ -72,9 +74,11 @@ func New(o Options) *Agent {
 		wake:    make(chan struct{}, 1),
 		recheck: make(chan struct{}, 1),
 		done:    map[execKey]bool{},
+		ranHere: map[execKey]bool{},
 	}
 	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log}
-	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
+	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition,
+		Progress: downloadProgress, Committed: a.committed}
 	a.machine.Handlers = a.handlers()
 	return a
 }
@@ -242,14 +246,44 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	case <-a.recheck:
 	default:
 	}
+	key := execKey{j.JobID, j.ExecutionNumber}
+	a.mu.Lock()
+	again := a.ranHere[key]
+	a.ranHere[key] = true
+	a.mu.Unlock()
 	var err error
-	if resume {
-		err = a.machine.ResumeJournal(ctx, j)
-	} else {
+	switch {
+	case !resume:
 		err = a.machine.Begin(ctx, j)
+	case again:
+		// A state that returned an error earlier in this process (a wake runs it again): not a
+		// restart, so the loop breaker does not count it.
+		err = a.machine.Retry(ctx, j)
+	default:
+		err = a.machine.ResumeJournal(ctx, j)
 	}
 	if err == nil {
 		a.markDone(j.JobID, j.ExecutionNumber)
+		a.mu.Lock()
+		delete(a.ranHere, key)
+		a.mu.Unlock()
 	}
 	return err
+}
+
+// downloadProgress is the machine's Progress hook: the bytes of the job's payloads that are
+// durable (complete files and checkpoints), while it downloads.
+func downloadProgress(j *ota.Journal) int64 {
+	if j.State != ota.StateDownload {
+		return 0
+	}
+	var n int64
+	for _, st := range j.Staged {
+		if st.SHA256 != "" {
+			n += st.Size
+		} else if st.Checkpoint != "" {
+			n += download.CheckpointOffset(st.Checkpoint)
+		}
+	}
+	return n
 }

@@ -18,6 +18,15 @@ type flow struct {
 	ready func() error
 	// sink, when set, opens where file i of the job is downloaded to; nil means a staged file.
 	sink func(j *ota.Journal, i int) (sinkCloser, error)
+	// committed, when set, tells whether the job's new software is committed for good (the
+	// loop breaker never rolls that back); nil means the target has no commit step.
+	committed func(j *ota.Journal) bool
+}
+
+// committed is the machine's Committed hook: the flow of the job's target decides.
+func (a *Agent) committed(j *ota.Journal) bool {
+	fl, err := a.flowOf(j.Target)
+	return err == nil && fl.committed != nil && fl.committed(j)
 }
 
 // flows holds each target's flow constructor; every target registers itself from its own file

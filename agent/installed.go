@@ -15,6 +15,10 @@ import (
 // committed: anti-rollback compares against it, and `fieldota-agent status` shows it.
 const installedFile = "installed.json"
 
+// errInstalledCorrupt: installed.json cannot be read as a record; no retry mends it, an operator
+// must (anti-rollback has nothing to compare against until then).
+var errInstalledCorrupt = errors.New(installedFile + " is corrupt")
+
 // installed maps a target key (Agent.targetKey: "files:/opt/app/x", "slot", "binary:/usr/bin/myapp")
 // to a version.
 type installed map[string]string
@@ -30,7 +34,7 @@ func loadInstalled(stateDir string) (installed, error) {
 	var m installed
 	if err := json.Unmarshal(b, &m); err != nil {
 		// Refuse rather than start empty: an empty record would let any downgrade through.
-		return nil, fmt.Errorf("%s is corrupt: %w", installedFile, err)
+		return nil, fmt.Errorf("%w: %w", errInstalledCorrupt, err)
 	}
 	if m == nil {
 		m = installed{}

@@ -35,7 +35,8 @@ func init() {
 				ota.StateCommit:   a.commitBinary,
 				ota.StateRollback: a.rollbackBinary,
 			},
-			ready: func() error { _, _, err := a.swapTarget(); return err },
+			ready:     func() error { _, _, err := a.swapTarget(); return err },
+			committed: func(j *ota.Journal) bool { return j.Data[dataCommitted] == "true" },
 		}
 	})
 }
@@ -290,7 +291,11 @@ func (a *Agent) commitBinary(ctx context.Context, j *ota.Journal) (ota.Event, er
 		}
 	}
 	if err := recordInstalled(a.cfg.StateDir, a.targetKey(spec), j.Version); err != nil {
-		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "commit"}), nil
+		if errors.Is(err, errInstalledCorrupt) {
+			return committedUnrecorded(j, details(j, "commit", nil), target, err), nil
+		}
+		// Committed (journaled above): a retry records it; the breaker never rolls it back.
+		return "", fmt.Errorf("recording the installed version: %w", err)
 	}
 	if !a.cfg.Swap.KeepOld {
 		if err := swap.Discard(target); err != nil {

@@ -223,9 +223,15 @@ func TestCanceledReinstallOfTheSameVersionIsRolledBackNotCommitted(t *testing.T)
 	if err := h.sim.CancelJob("reinstall", jobsim.CancelJobInput{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	h.waitFor("the rollback", func() bool { return fileIs(t, m.target, v2) })
-	if err := swap.Runs(m.pid(), m.target); err != nil {
-		t.Fatalf("the previous binary is not running again: %v", err)
+	h.waitFor("the rollback to the previous binary, running again", func() bool {
+		return fileIs(t, m.target, v2) && swap.Runs(m.pid(), m.target) == nil
+	})
+	h.waitFor("the job's end", func() bool {
+		_, err := os.Stat(filepath.Join(h.cfg.StateDir, "journal.json"))
+		return os.IsNotExist(err)
+	})
+	if !fileIs(t, m.target, v2) {
+		t.Fatal("the canceled reinstall's binary is in place")
 	}
 	if ex, _ := h.sim.DescribeJobExecution("reinstall", thing, 0); ex.Status != "CANCELED" {
 		t.Fatalf("reinstall ended %s", ex.Status)
