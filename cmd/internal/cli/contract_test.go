@@ -79,8 +79,8 @@ func TestBothBinariesShareOneExitStatusContract(t *testing.T) {
 		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json", "--file", "install.py", "tampered.py"}, Failed},
 		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json", "missing.py"}, Usage},
 		{[]string{"fieldota", "verify", "--key", "release.pub", "--document", "job.json", "install.py"}, Usage}, // unknown flag
-		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json"}, Usage},                      // no FILE
-		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json", "a", "b"}, Usage},            // two FILEs
+		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json"}, Usage},                    // no FILE
+		{[]string{"fieldota", "verify", "--key", "release.pub", "--job", "job.json", "a", "b"}, Usage},          // two FILEs
 		{[]string{"fieldota", "keygen", "extra"}, Usage},
 		{[]string{"fieldota", "job", "--file", "install.py"}, Usage}, // required --key, --version
 		{[]string{"fieldota", "veryfy"}, Usage},                      // unknown command
