@@ -11,9 +11,9 @@ import (
 	"encoding/json"
 	"strings"
 
+	"github.com/fieldota/fieldota/internal/sigsubset/signature"
+	"github.com/fieldota/fieldota/internal/sigsubset/signature/dsse"
 	"github.com/fieldota/fieldota/ota/reason"
-	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/sigstore/sigstore/pkg/signature/dsse"
 )
 
 // The attestation format: exactly what `cosign attest-blob --key k --type PredicateType
