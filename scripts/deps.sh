@@ -11,6 +11,7 @@ declare -A need=(
   [grub-editenv]=grub-common
   [openssl]=openssl
   [curl]=curl
+  [systemd-analyze]=systemd
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
