@@ -163,7 +163,8 @@ func (m *Machine) enterCounted(j *Journal, count bool) error {
 		max = DefaultMaxTransitions
 	}
 	switch {
-	case j.Transitions <= max || loopExempt[j.State]:
+	case !count || j.Transitions <= max || loopExempt[j.State]:
+		// Not a loop (a re-entry that made progress or only finishes), or within the budget.
 	case j.State == StateRollback && j.Transitions <= max+RollbackBudget:
 		// A rollback started by the breaker (or before it) gets its own small budget.
 	case changesSoftware[j.State] && m.Committed != nil && m.Committed(j):
