@@ -16,6 +16,8 @@ func TestReconnectBackoffStartsOverAfterAConnectionThatHeld(t *testing.T) {
 	cfg := testConfig(b)
 	cfg.ReconnectJitter = time.Millisecond
 	cfg.StableAfter = 300 * time.Millisecond
+	// An attempt can reach the closing broker and never get a CONNACK: bound it.
+	cfg.ConnectTimeout = 500 * time.Millisecond
 	var mu sync.Mutex
 	var attempts []int
 	cfg.ReconnectBackoff = func(n int) time.Duration {
