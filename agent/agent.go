@@ -14,6 +14,7 @@ import (
 
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/verify"
@@ -43,6 +44,7 @@ type Agent struct {
 	runCtx context.Context
 
 	mu      sync.Mutex
+	ranHere map[execKey]bool // journals this process already ran: running one again is a retry
 	running string           // job id of the job in progress, "" when idle
 	recheck chan struct{}    // notify-next while a job runs: is it still ours?
 	done    map[execKey]bool // executions finished here (dedupe on jobId+executionNumber)
@@ -89,9 +91,11 @@ func New(o Options) *Agent {
 		wake:    make(chan struct{}, 1),
 		recheck: make(chan struct{}, 1),
 		done:    map[execKey]bool{},
+		ranHere: map[execKey]bool{},
 	}
 	a.upd = &updater{stepTimeout: int64(o.Config.Jobs.StepTimeoutMinutes), log: log}
-	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition}
+	a.machine = &ota.Machine{Store: a.store, Logger: log, Now: now, OnTransition: o.OnTransition,
+		Progress: downloadProgress, Committed: a.committed}
 	a.machine.Handlers = a.handlers()
 	a.inv, a.cmds = newInventory(a), newCommander(a)
 	return a
@@ -197,6 +201,14 @@ func (a *Agent) serveNext(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if exec != nil && jobs.ValidJobID(exec.JobID) != nil {
+			// Refused on receipt, for good: it could never be reported. Jobs queued behind it
+			// still run (only a broker that is not AWS can send such an id).
+			a.log.Error("pending job refused: its id is outside AWS's pattern; looking past it", "job", fmt.Sprintf("%.70q", exec.JobID))
+			if exec, err = a.nextAddressable(ctx); err != nil {
+				return err
+			}
+		}
 		if exec == nil {
 			a.log.Debug("no pending job")
 			return nil
@@ -215,6 +227,25 @@ func (a *Agent) serveNext(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// nextAddressable returns the first pending execution, in progress before queued, that has a
+// valid job id and was not handled here yet; nil when there is none.
+func (a *Agent) nextAddressable(ctx context.Context) (*jobs.JobExecution, error) {
+	p, err := a.api.GetPending(ctx)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	for _, s := range append(append([]jobs.JobExecutionSummary(nil), p.InProgress...), p.Queued...) {
+		a.mu.Lock()
+		seen := a.done[execKey{s.JobID, s.ExecutionNumber}]
+		a.mu.Unlock()
+		if seen || jobs.ValidJobID(s.JobID) != nil {
+			continue
+		}
+		return a.api.Describe(ctx, jobs.DescribeInput{JobID: s.JobID, ExecutionNumber: s.ExecutionNumber, IncludeJobDocument: true})
+	}
+	return nil, nil
 }
 
 func (a *Agent) markDone(job string, n int64) {
@@ -247,15 +278,45 @@ func (a *Agent) runJournal(ctx context.Context, j *ota.Journal, resume bool) err
 	case <-a.recheck:
 	default:
 	}
+	key := execKey{j.JobID, j.ExecutionNumber}
+	a.mu.Lock()
+	again := a.ranHere[key]
+	a.ranHere[key] = true
+	a.mu.Unlock()
 	var err error
-	if resume {
-		err = a.machine.ResumeJournal(ctx, j)
-	} else {
+	switch {
+	case !resume:
 		err = a.machine.Begin(ctx, j)
+	case again:
+		// A state that returned an error earlier in this process (a wake runs it again): not a
+		// restart, so the loop breaker does not count it.
+		err = a.machine.Retry(ctx, j)
+	default:
+		err = a.machine.ResumeJournal(ctx, j)
 	}
 	if err == nil {
 		a.markDone(j.JobID, j.ExecutionNumber)
 		a.inv.Kick() // a commit, a rollback or a fallback: $package tells it
+		a.mu.Lock()
+		delete(a.ranHere, key)
+		a.mu.Unlock()
 	}
 	return err
+}
+
+// downloadProgress is the machine's Progress hook: the bytes of the job's payloads that are
+// durable (complete files and checkpoints), while it downloads.
+func downloadProgress(j *ota.Journal) int64 {
+	if j.State != ota.StateDownload {
+		return 0
+	}
+	var n int64
+	for _, st := range j.Staged {
+		if st.SHA256 != "" {
+			n += st.Size
+		} else if st.Checkpoint != "" {
+			n += download.CheckpointOffset(st.Checkpoint)
+		}
+	}
+	return n
 }

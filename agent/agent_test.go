@@ -42,6 +42,8 @@ type harness struct {
 	clk *clock
 	// cfgPath and cfgBody are the agent's configuration file (addConfig extends it).
 	cfgPath, cfgBody string
+	// wrapAPI, if set before run, stands between the agent and the Jobs client (a slow link).
+	wrapAPI func(jobsAPI) jobsAPI
 
 	mu     sync.Mutex
 	events []jobsim.Event
@@ -233,8 +235,12 @@ func (h *harness) run() func() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	var api jobsAPI = cl
+	if h.wrapAPI != nil {
+		api = h.wrapAPI(cl)
+	}
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, cl) }()
+	go func() { done <- a.Run(ctx, api) }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {

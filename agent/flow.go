@@ -28,6 +28,15 @@ type flow struct {
 	// discard, when set, undoes what the download wrote outside the staging directory, for a
 	// job that ends before its install (an A/B slot written in place is marked bad).
 	discard func(ctx context.Context, j *ota.Journal) error
+	// committed, when set, tells whether the job's new software is committed for good (the
+	// loop breaker never rolls that back); nil means the target has no commit step.
+	committed func(j *ota.Journal) bool
+}
+
+// committed is the machine's Committed hook: the flow of the job's target decides.
+func (a *Agent) committed(j *ota.Journal) bool {
+	fl, err := a.flowOf(j.Target)
+	return err == nil && fl.committed != nil && fl.committed(j)
 }
 
 // flows holds each target's flow constructor; every target registers itself from its own file

@@ -145,12 +145,15 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	// Half the step timer: a download that progresses slowly keeps its execution alive.
 	heartbeat := time.Duration(a.cfg.Jobs.StepTimeoutMinutes) * time.Minute / 2
 	prog := newProgress(a.cfg.Jobs.ProgressEvery, a.cfg.Jobs.ProgressInterval.Duration, heartbeat, a.now)
-	reporterDone := make(chan struct{})
+	finished, reporterDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(reporterDone)
-		a.reportProgress(jobCtx, cancel, j, prog)
+		a.reportProgress(ctx, jobCtx, cancel, finished, j, prog)
 	}()
-	defer func() { cancel(nil); <-reporterDone }()
+	// The last report (100 %) must land, answer included, before the next state's update:
+	// aborting it in flight leaves the journal's versionNumber stale, and the next update is
+	// refused VersionMismatch. The reporter only stops for the job's end or a shutdown.
+	defer func() { close(finished); <-reporterDone; cancel(nil) }()
 
 	for i, f := range jb.rel.Files {
 		st := &j.Staged[i]
@@ -272,21 +275,39 @@ func (a *Agent) watchCancel(ctx context.Context, cancel context.CancelCauseFunc,
 	}
 }
 
-// reportProgress sends the download progress handed over by prog, one report at a time.
-func (a *Agent) reportProgress(ctx context.Context, cancel context.CancelCauseFunc, j *ota.Journal, prog *progress) {
+// reportProgress sends the download progress handed over by prog, one report at a time. Each
+// report runs under ctx (the agent's), not under jobCtx, so that the end of the download does
+// not abort one in flight; a canceled job (jobCtx) stops it between reports. Once finished is
+// closed it sends what is still pending and returns.
+func (a *Agent) reportProgress(ctx, jobCtx context.Context, cancel context.CancelCauseFunc, finished <-chan struct{}, j *ota.Journal, prog *progress) {
+	send := func(pct int) bool {
+		err := a.upd.inProgress(ctx, j, details(j, "download", map[string]string{"progress": strconv.Itoa(pct)}))
+		if errors.Is(err, errCanceled) {
+			cancel(errCanceled)
+			return false
+		}
+		if err != nil && ctx.Err() == nil {
+			// Progress is best effort: the next report or the stage change carries on.
+			a.log.Warn("progress report failed", "job", j.JobID, "err", err)
+		}
+		return ctx.Err() == nil
+	}
 	for {
 		select {
-		case <-ctx.Done():
+		case <-jobCtx.Done():
+			return
+		case <-finished:
+			select {
+			case pct := <-prog.mailbox:
+				if jobCtx.Err() == nil {
+					send(pct)
+				}
+			default:
+			}
 			return
 		case pct := <-prog.mailbox:
-			err := a.upd.inProgress(ctx, j, details(j, "download", map[string]string{"progress": strconv.Itoa(pct)}))
-			if errors.Is(err, errCanceled) {
-				cancel(errCanceled)
+			if !send(pct) {
 				return
-			}
-			if err != nil && ctx.Err() == nil {
-				// Progress is best effort: the next report or the stage change carries on.
-				a.log.Warn("progress report failed", "job", j.JobID, "err", err)
 			}
 		}
 	}

@@ -18,6 +18,10 @@ import (
 // anti-rollback compares against it, and `fieldota-agent status` shows it.
 const installedFile = "installed.json"
 
+// errInstalledCorrupt: installed.json cannot be read as a record; no retry mends it, an operator
+// must (anti-rollback has nothing to compare against until then).
+var errInstalledCorrupt = errors.New(installedFile + " is corrupt")
+
 // installed maps a target key (flow.key: "files:/opt/app/releases/x" with every symlink
 // resolved, "binary:/usr/bin/myapp", "slot") to what was committed there.
 type installed map[string]installedEntry
@@ -61,7 +65,7 @@ func loadInstalled(stateDir string) (installed, error) {
 	var m installed
 	if err := json.Unmarshal(b, &m); err != nil {
 		// Refuse rather than start empty: an empty record would let any downgrade through.
-		return nil, fmt.Errorf("%s is corrupt: %w", installedFile, err)
+		return nil, fmt.Errorf("%w: %w", errInstalledCorrupt, err)
 	}
 	if m == nil {
 		m = installed{}

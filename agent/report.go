@@ -15,6 +15,9 @@ import (
 type jobsAPI interface {
 	Describe(ctx context.Context, in jobs.DescribeInput) (*jobs.JobExecution, error)
 	Update(ctx context.Context, jobID string, in jobs.UpdateInput) (*jobs.UpdateResult, error)
+	// GetPending lists the pending executions; the agent needs it only when $next names one it
+	// cannot address.
+	GetPending(ctx context.Context) (*jobs.PendingJobs, error)
 }
 
 // errCanceled means the execution was canceled, deleted, timed out or otherwise ended by the
@@ -99,7 +102,7 @@ func (u *updater) terminal(ctx context.Context, j *ota.Journal) error {
 	if wait == 0 {
 		wait = 2 * time.Second
 	}
-	permanent := 0
+	permanent, mismatches := 0, 0
 	for attempt := 0; ; attempt++ {
 		in := jobs.UpdateInput{
 			Status:                   status,
@@ -122,9 +125,22 @@ func (u *updater) terminal(ctx context.Context, j *ota.Journal) error {
 			// the execution first (canceled, timed out, deleted). Nothing more to say.
 			u.log.Info("report not needed: execution already ended", "job", j.JobID, "err", err)
 			return nil
+		case errors.Is(err, jobs.ErrInvalidJobID):
+			// Refused here, before anything was sent: no retry can change it.
+			u.log.Error("report cannot be sent; leaving the execution to its step timer", "job", j.JobID, "err", err)
+			return nil
 		case errors.Is(err, jobs.ErrVersionMismatch) && re != nil && re.ExecutionState != nil:
 			j.VersionNumber = re.ExecutionState.VersionNumber
-			continue
+			mismatches++
+			if mismatches > maxVersionAdoptions {
+				u.log.Error("report keeps meeting VersionMismatch; leaving the execution to its step timer", "job", j.JobID, "adoptions", mismatches-1)
+				return nil
+			}
+			if mismatches == 1 {
+				// Usually our own earlier attempt landed and its answer was lost: resend at once.
+				continue
+			}
+			// Someone else keeps changing the execution: back off like any other retry.
 		case status == jobs.Rejected && errors.Is(err, jobs.ErrInvalidStateTransition):
 			// The execution was started meanwhile (by another client, or an earlier life of
 			// this one): AWS refuses REJECTED after IN_PROGRESS, so the refusal goes as FAILED.

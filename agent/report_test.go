@@ -27,6 +27,10 @@ func (s *lossyService) Describe(context.Context, jobs.DescribeInput) (*jobs.JobE
 	return nil, nil
 }
 
+func (s *lossyService) GetPending(context.Context) (*jobs.PendingJobs, error) {
+	return &jobs.PendingJobs{}, nil
+}
+
 func (s *lossyService) Update(_ context.Context, _ string, in jobs.UpdateInput) (*jobs.UpdateResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -108,5 +112,56 @@ func TestSlowDownloadStillRefreshesTheStepTimer(t *testing.T) {
 		default:
 			t.Fatalf("no report after %d minutes without a 10 %% step", i*31)
 		}
+	}
+}
+
+// mismatchForever answers every update VersionMismatch with a version that moved on again: a
+// service (or a second writer) the device can never catch up with.
+type mismatchForever struct {
+	mu   sync.Mutex
+	sent int
+}
+
+func (s *mismatchForever) Describe(context.Context, jobs.DescribeInput) (*jobs.JobExecution, error) {
+	return nil, nil
+}
+
+func (s *mismatchForever) GetPending(context.Context) (*jobs.PendingJobs, error) {
+	return &jobs.PendingJobs{}, nil
+}
+
+func (s *mismatchForever) Update(context.Context, string, jobs.UpdateInput) (*jobs.UpdateResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sent++
+	return nil, &jobs.RejectedError{Code: jobs.CodeVersionMismatch,
+		ExecutionState: &jobs.JobExecutionState{Status: jobs.InProgress, VersionNumber: int64(1000 + s.sent)}}
+}
+
+// TestFinalReportVersionMismatchIsBoundedAndBacksOff: the terminal report adopted the service's
+// version and resent at once, without limit — about a million requests in 200 ms. It must back
+// off like any retry and give up after a bounded number of adoptions.
+func TestFinalReportVersionMismatchIsBoundedAndBacksOff(t *testing.T) {
+	svc := &mismatchForever{}
+	u := newUpdater(svc)
+	u.retryWait = 20 * time.Millisecond
+	j := &ota.Journal{JobID: "j", VersionNumber: 1, Report: &ota.Report{Status: "SUCCEEDED", Details: map[string]string{"stage": "done"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := u.terminal(ctx, j)
+	took := time.Since(start)
+	svc.mu.Lock()
+	sent := svc.sent
+	svc.mu.Unlock()
+	if err != nil {
+		t.Fatalf("terminal did not give up by itself: %v after %d requests", err, sent)
+	}
+	if sent > maxVersionAdoptions+1 {
+		t.Fatalf("%d requests for one report", sent)
+	}
+	// Every resend after the first adoption waits: at least retryWait each.
+	if min := time.Duration(sent-2) * u.retryWait; took < min {
+		t.Fatalf("%d requests in %s: no backoff", sent, took)
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os/exec"
 	"time"
@@ -38,11 +39,12 @@ func init() {
 				ota.StateCommit:   s.commit,
 				ota.StateRollback: s.rollback,
 			},
-			ready:   s.ready,
-			sink:    s.sink,
-			key:     func(*verify.Release) (string, error) { return "slot", nil },
-			runs:    s.runs,
-			discard: s.discard,
+			ready:     s.ready,
+			sink:      s.sink,
+			key:       func(*verify.Release) (string, error) { return "slot", nil },
+			runs:      s.runs,
+			discard:   s.discard,
+			committed: s.committed,
 		}
 	})
 }
@@ -356,8 +358,11 @@ func (s *slotFlow) commit(ctx context.Context, j *ota.Journal) (ota.Event, error
 		return s.fail(j, "commit", err, nil), nil
 	}
 	if err := recordInstalled(s.a.cfg.StateDir, jb.key, jb.rel); err != nil {
+		if errors.Is(err, errInstalledCorrupt) {
+			return committedUnrecorded(j, s.details(j, "commit", nil), fmt.Sprintf("slot %s", j.Slot), err), nil
+		}
 		// The bootloader boots the new slot for good already; only the record is missing,
-		// and a retry of this idempotent state writes it.
+		// and a retry of this idempotent state writes it (not counted as a loop: committed).
 		return "", fmt.Errorf("recording the installed version: %w", err)
 	}
 	s.a.log.Info("slot committed", "job", j.JobID, "slot", j.Slot, "version", j.Version)
@@ -407,6 +412,16 @@ func (s *slotFlow) rollback(ctx context.Context, j *ota.Journal) (ota.Event, err
 	return ota.EvRolledBack, nil
 }
 
+// committedUnrecorded ends a job whose new software is committed for good but whose installed
+// version cannot be recorded: FAILED INTERNAL, so that an operator looks, with committed=true
+// and nothing rolled back (undoing a healthy update over bookkeeping would be worse). EvOK: the
+// commit itself is done, and the report follows.
+func committedUnrecorded(j *ota.Journal, d map[string]string, what string, err error) ota.Event {
+	d["committed"] = "true"
+	ota.Fail(j, reason.Errorf(reason.Internal, "%s is committed and runs version %s, but the installed version could not be recorded: %v", what, j.Version, err), d)
+	return ota.EvOK
+}
+
 // giveUp reports a rollback that could not be verified; the first failure stays the reason.
 func (s *slotFlow) giveUp(j *ota.Journal, err error) ota.Event {
 	j.Report.Details["detail"] += "; rollback: " + err.Error()
@@ -417,6 +432,20 @@ func (s *slotFlow) giveUp(j *ota.Journal, err error) ota.Event {
 func (s *slotFlow) rolledBack(j *ota.Journal, stage string, err error) ota.Event {
 	s.fail(j, stage, err, map[string]string{"rolledBack": "true", "runningSlot": slot.Other(j.Slot)})
 	return ota.EvRolledBack
+}
+
+// committed tells whether the bootloader boots the job's slot for good: it runs, and the
+// environment names it with no trial pending.
+func (s *slotFlow) committed(j *ota.Journal) bool {
+	if j.Slot == "" {
+		return false
+	}
+	booted, err := s.booted()
+	if err != nil || booted != j.Slot {
+		return false
+	}
+	st, err := slot.ReadStatus(context.Background(), s.bootloader())
+	return err == nil && st.Slot == j.Slot && !st.Try
 }
 
 // ProbationDeadline is how long the agent may take to reach the Jobs service at start before

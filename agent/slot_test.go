@@ -313,3 +313,35 @@ func TestSlotJobRefusedWhileQueuedWhenTheEnvironmentToolIsMissing(t *testing.T) 
 		t.Fatal("slot b was written")
 	}
 }
+
+// TestSlotCommittedWithACorruptInstalledRecordIsReportedNotRolledBack: the commit's bookkeeping
+// failed on a corrupt installed.json after the bootloader had committed the new slot; the state
+// was retried on every wake, each wake counted as a transition, and past the breaker's limit the
+// healthy, committed slot was marked bad and the device rebooted into the old one. The job must
+// end FAILED INTERNAL with committed=true, and slot b keeps booting.
+func TestSlotCommittedWithACorruptInstalledRecordIsReportedNotRolledBack(t *testing.T) {
+	env := fileEnv(t, slot.Env{slot.VarSlot: "a", slot.VarTry: "0"})
+	r := newSlotRig(t, env, config.Slot{Bootloader: "file", EnvFile: env.Path})
+	r.job("ab", bootsim.Image("2.0.0", bootsim.ImageOpts{}), "2.0.0")
+	stop := r.boot(nil)
+	r.h.waitFor("the reboot request", r.rebootRequested)
+	stop()
+	if err := os.Remove(r.marker); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(r.h.cfg.StateDir, installedFile), []byte(`{"slot": "1.0`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.boot(nil)
+	ex := r.h.waitTerminal("ab")
+	d := ex.StatusDetails.DetailsMap
+	if ex.Status != "FAILED" || d["reason"] != "INTERNAL" || d["committed"] != "true" || d["rolledBack"] != "" {
+		t.Fatalf("%s %v", ex.Status, d)
+	}
+	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "b" || st.Try || st.Bad["b"] {
+		t.Fatalf("the committed slot was undone: %+v", st)
+	}
+	if r.rebootRequested() {
+		t.Fatal("a reboot was requested after the commit")
+	}
+}

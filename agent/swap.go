@@ -37,9 +37,10 @@ func init() {
 				ota.StateCommit:   a.commitBinary,
 				ota.StateRollback: a.rollbackBinary,
 			},
-			ready: func() error { _, _, err := a.swapTarget(); return err },
-			key:   a.binaryKey,
-			runs:  a.binaryRuns,
+			ready:     func() error { _, _, err := a.swapTarget(); return err },
+			key:       a.binaryKey,
+			runs:      a.binaryRuns,
+			committed: func(j *ota.Journal) bool { return j.Data[dataCommitted] == "true" },
 		}
 	})
 }
@@ -48,6 +49,9 @@ func init() {
 const (
 	dataSwapTarget = swap.JournalTarget
 	dataSwapSelf   = swap.JournalSelf
+	// dataCommitted is persisted once the commit is decided, before anything is recorded: from
+	// then on a cancel no longer undoes it, and the loop breaker never rolls it back.
+	dataCommitted = "committed"
 )
 
 // ownExe is the agent's executable, resolved once: after a swap /proc/self/exe of the old
@@ -315,14 +319,27 @@ func (a *Agent) commitBinary(ctx context.Context, j *ota.Journal) (ota.Event, er
 	if err != nil {
 		return ota.Fail(j, err, map[string]string{"stage": "commit"}), nil
 	}
-	// A job canceled during probation is rolled back like a failed one, never committed.
-	if !isInstalled(a.cfg.StateDir, jb.key, jb.rel) {
+	// A job canceled during probation is rolled back like a failed one, never committed. Only
+	// the journal says whether this job already committed (a resume after a kill): installed.json
+	// naming the version proves nothing, since a reinstall of the same version finds it there.
+	if j.Data[dataCommitted] != "true" {
 		if ev, err := a.inProgress(ctx, j, details(j, "commit", nil)); ev != "" || err != nil {
 			return ev, err
 		}
+		if j.Data == nil {
+			j.Data = map[string]string{}
+		}
+		j.Data[dataCommitted] = "true"
+		if err := a.store.Save(j); err != nil {
+			return "", err
+		}
 	}
 	if err := recordInstalled(a.cfg.StateDir, jb.key, jb.rel); err != nil {
-		return ota.Fail(j, reason.Wrap(reason.Internal, err), map[string]string{"stage": "commit"}), nil
+		if errors.Is(err, errInstalledCorrupt) {
+			return committedUnrecorded(j, details(j, "commit", nil), target, err), nil
+		}
+		// Committed (journaled above): a retry records it; the breaker never rolls it back.
+		return "", fmt.Errorf("recording the installed version: %w", err)
 	}
 	if !a.cfg.Swap.KeepOld {
 		if err := swap.Discard(target); err != nil {

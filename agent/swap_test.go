@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/ota/swap"
+	"github.com/fieldota/fieldota/test/jobsim"
 )
 
 // managedApp is a real program managed by a restart script: /usr/bin/sleep copied to the
@@ -197,5 +198,45 @@ func TestKeptPreviousBinaryIsReplacedByTheNextSwap(t *testing.T) {
 	}
 	if err := swap.Runs(m.pid(), m.target); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCanceledReinstallOfTheSameVersionIsRolledBackNotCommitted: the commit skipped its cancel
+// check whenever installed.json already named the job's version, so a reinstall of the same
+// version canceled during probation was committed anyway. Only a commit this job has journaled
+// may skip the check.
+func TestCanceledReinstallOfTheSameVersionIsRolledBackNotCommitted(t *testing.T) {
+	h := newHarness(t)
+	m := newManagedApp(t, h)
+	v2 := append(realBinary(t, "sleep"), []byte("\x00fieldota v2")...)
+	again := append(realBinary(t, "sleep"), []byte("\x00fieldota v2, rebuilt")...)
+	h.publish("myapp", v2)
+	h.publish("myapp-again", again)
+	h.createJob("first", h.binaryDoc("myapp", v2, "2.0"))
+	h.run()
+	if ex := h.waitTerminal("first"); ex.Status != "SUCCEEDED" {
+		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	h.cfg.Swap.Probation.Duration = 3 * time.Second
+	h.createJob("reinstall", h.binaryDoc("myapp-again", again, "2.0"))
+	h.waitFor("the reinstall's probation", func() bool {
+		ex, err := h.sim.DescribeJobExecution("reinstall", thing, 0)
+		return err == nil && ex.StatusDetails.DetailsMap["stage"] == "selftest"
+	})
+	if err := h.sim.CancelJob("reinstall", jobsim.CancelJobInput{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the rollback to the previous binary, running again", func() bool {
+		return fileIs(t, m.target, v2) && swap.Runs(m.pid(), m.target) == nil
+	})
+	h.waitFor("the job's end", func() bool {
+		_, err := os.Stat(filepath.Join(h.cfg.StateDir, "journal.json"))
+		return os.IsNotExist(err)
+	})
+	if !fileIs(t, m.target, v2) {
+		t.Fatal("the canceled reinstall's binary is in place")
+	}
+	if ex, _ := h.sim.DescribeJobExecution("reinstall", thing, 0); ex.Status != "CANCELED" {
+		t.Fatalf("reinstall ended %s", ex.Status)
 	}
 }

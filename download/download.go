@@ -54,11 +54,14 @@ type Request struct {
 	Sink   Sink
 
 	// CheckpointPath, if set, makes the download survive a kill or a reboot: every
-	// CheckpointEvery bytes (default 8 MiB) the sink is synced and {ETag, size, offset, hash state}
-	// written there atomically. A completed download leaves a complete checkpoint behind so that a
-	// crash before the caller moves on does not cost a second download; RemoveCheckpoint drops it.
-	CheckpointPath  string
-	CheckpointEvery int64
+	// CheckpointEvery bytes (default 1 MiB) or CheckpointInterval (default 1 s), whichever comes
+	// first, the sink is synced and {ETag, size, offset, hash state} written there atomically, so
+	// a kill costs at most about 1 MiB at any link speed. A completed download leaves a complete
+	// checkpoint behind so that a crash before the caller moves on does not cost a second
+	// download; RemoveCheckpoint drops it.
+	CheckpointPath     string
+	CheckpointEvery    int64
+	CheckpointInterval time.Duration
 
 	// Refresh returns a fresh URL for the same object after a 400/403/404 (the agent describes the
 	// job again). At most MaxRefreshes (default 3) refreshes in a row without a byte gained.
@@ -109,7 +112,7 @@ type Result struct {
 }
 
 const (
-	defaultCheckpointEvery = 8 << 20
+	defaultCheckpointEvery = 1 << 20
 	defaultRetries         = 8
 	defaultMaxRefreshes    = 3
 	defaultStall           = 30 * time.Second
@@ -136,6 +139,7 @@ type state struct {
 	etag   string
 	h      hash.Hash
 	lastCP int64 // offset of the last durable checkpoint
+	lastAt time.Time
 }
 
 type downloader struct {
@@ -169,6 +173,9 @@ func Download(ctx context.Context, req Request) (Result, error) {
 func newDownloader(req Request) *downloader {
 	if req.CheckpointEvery <= 0 {
 		req.CheckpointEvery = defaultCheckpointEvery
+	}
+	if req.CheckpointInterval <= 0 {
+		req.CheckpointInterval = defaultCheckpointInterval
 	}
 	if req.Retries <= 0 {
 		req.Retries = defaultRetries
@@ -551,7 +558,7 @@ func (d *downloader) copyBody(attemptCtx context.Context, cancel context.CancelC
 			if d.req.Progress != nil {
 				d.req.Progress(st.offset, size)
 			}
-			if st.offset-st.lastCP >= d.req.CheckpointEvery && st.offset < size {
+			if d.checkpointDue(st) && st.offset < size {
 				if err := d.checkpoint(st); err != nil {
 					return gained, &sinkError{err}
 				}

@@ -304,10 +304,17 @@ func TestHelperDownloadProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	every := int64(128 << 10)
+	if os.Getenv("DL_DEFAULT_CHECKPOINTS") == "1" {
+		every = 0 // what the agent uses
+	}
 	_, err = Download(context.Background(), Request{
 		URL: os.Getenv("DL_URL"), Size: size, Sink: f, CheckpointPath: os.Getenv("DL_CKPT"), SHA256: sum,
-		CheckpointEvery: 128 << 10, RetryWaitMin: 5 * time.Millisecond, RetryWaitMax: 40 * time.Millisecond,
+		CheckpointEvery: every, RetryWaitMin: 5 * time.Millisecond, RetryWaitMax: 40 * time.Millisecond,
 	})
+	if os.Getenv("DL_MAY_FINISH") == "1" && err == nil {
+		return
+	}
 	t.Fatalf("the helper should have been killed first (err %v)", err)
 }
 
@@ -798,4 +805,57 @@ func TestBlockDeviceSinkIsNeverTruncatedAndMustBeBigEnough(t *testing.T) {
 	if !errors.Is(err, reason.InsufficientSpace) || e.stats(object).Requests != 2 { // none for the small slot
 		t.Fatalf("too small a slot: %v", err)
 	}
+}
+
+// TestKillLoopOnASlowLinkLosesAtMostASecondPerCut: with checkpoints only every 8 MiB, a 500 KB/s
+// link cut every ~6 s never got one, restarted from zero each time and never finished (87.8 MB
+// served for 41.9 MB). With the default checkpoints (1 MiB or 1 s), each kill -9 costs at most
+// about a second of the link, and the download completes.
+func TestKillLoopOnASlowLinkLosesAtMostASecondPerCut(t *testing.T) {
+	const rate = 200 << 10
+	e := newEnv(t, 3*rate, false) // 3 s of link
+	size := int64(len(e.data))
+	e.srv.SetFaults(object, s3.Faults{RateBytesPerSec: rate})
+	_, sinkPath := e.sink("payload")
+	cpPath := filepath.Join(e.dir, "ckpt")
+	url := e.sign(object, time.Hour)
+	cuts := 0
+	for run := 1; ; run++ {
+		if run > 8 {
+			t.Fatalf("not complete after %d kills: each run starts again from %d", cuts, CheckpointOffset(cpPath))
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDownloadProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "FIELDOTA_DOWNLOAD_HELPER=1", "DL_DEFAULT_CHECKPOINTS=1", "DL_MAY_FINISH=1", "DL_URL="+url,
+			"DL_SIZE="+strconv.FormatInt(size, 10), "DL_SINK="+sinkPath, "DL_SHA256="+hex.EncodeToString(e.sum), "DL_CKPT="+cpPath)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %d: %v\n%s", run, err, out.String())
+			}
+		case <-time.After(1300 * time.Millisecond):
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			cuts++
+			continue
+		}
+		break
+	}
+	if cuts < 2 {
+		t.Fatalf("only %d kills: the test proved nothing", cuts)
+	}
+	e.assertFile(sinkPath, e.data)
+	lost := e.stats(object).BytesSent - size
+	// A kill loses what arrived since the last checkpoint: at most one interval of the link
+	// (plus the chunk in flight).
+	if perCut := lost / int64(cuts); perCut > rate*3/2 {
+		t.Fatalf("%d bytes re-downloaded over %d kills (%d per kill, link %d B/s)", lost, cuts, perCut, rate)
+	}
+	t.Logf("%d kills, %d bytes re-downloaded (%d per kill)", cuts, lost, lost/int64(cuts))
 }

@@ -20,15 +20,18 @@ const JournalSchema = 1
 // Journal is everything needed to resume a job after kill -9 or a power cut. It is written
 // whole, atomically, before each state runs.
 type Journal struct {
-	Schema          int       `json:"schema"`
-	JobID           string    `json:"jobId"`
-	ExecutionNumber int64     `json:"executionNumber"`
-	VersionNumber   int64     `json:"versionNumber"` // last versionNumber the service told us
-	State           State     `json:"state"`
-	Transitions     int       `json:"transitions"` // loop breaker, survives restarts
-	Restarts        int       `json:"restarts"`    // times the agent resumed this journal
-	StartedAt       time.Time `json:"startedAt"`
-	UpdatedAt       time.Time `json:"updatedAt"`
+	Schema          int    `json:"schema"`
+	JobID           string `json:"jobId"`
+	ExecutionNumber int64  `json:"executionNumber"`
+	VersionNumber   int64  `json:"versionNumber"` // last versionNumber the service told us
+	State           State  `json:"state"`
+	Transitions     int    `json:"transitions"` // loop breaker, survives restarts
+	Restarts        int    `json:"restarts"`    // times the agent resumed this journal
+	// Mark is the state and durable progress at the last restart: a restart that finds more
+	// progress in the same state is not counted as a loop.
+	Mark      ProgressMark `json:"mark,omitzero"`
+	StartedAt time.Time    `json:"startedAt"`
+	UpdatedAt time.Time    `json:"updatedAt"`
 
 	// Document is the job document as received, presigned URLs included; URLs go stale, so
 	// downloads ask for fresh ones instead of trusting these.
@@ -52,6 +55,12 @@ type Journal struct {
 
 	Progress int     `json:"progress,omitempty"` // last reported download percent
 	Report   *Report `json:"report,omitempty"`   // set once the terminal status is decided
+}
+
+// ProgressMark records how far a state had got when the agent last restarted in it.
+type ProgressMark struct {
+	State    State `json:"state,omitempty"`
+	Progress int64 `json:"progress,omitempty"`
 }
 
 // Staged is one downloaded payload.

@@ -29,6 +29,14 @@ type Machine struct {
 	// OnTransition, if set, is called after each transition is persisted and before the next
 	// state runs: tests use it to kill the process in a chosen state.
 	OnTransition func(j *Journal)
+	// Progress, if set, measures how far the journal's state has durably got (bytes downloaded).
+	// A restart that finds more of it than the previous restart in the same state is progress,
+	// not a loop: a slow download killed every few seconds must not trip the breaker.
+	Progress func(j *Journal) int64
+	// Committed, if set, tells whether the job's new software is committed for good (what the
+	// bootloader boots, or a journaled swap commit). Finishing a committed job is idempotent,
+	// so its restarts are not loops, and the breaker reports rather than roll it back.
+	Committed func(j *Journal) bool
 }
 
 // DefaultMaxTransitions is generous for the longest flow (slot: about 10 states plus
@@ -81,15 +89,42 @@ func (m *Machine) ResumeJournal(ctx context.Context, j *Journal) error {
 	m.log().Info("resuming job", "job", j.JobID, "execution", j.ExecutionNumber, "state", j.State, "resume", r)
 	j.State = r
 	j.Restarts++
-	if Waiting(r) {
-		// A device may reboot many times while a job waits days for its window: a restart
-		// in a waiting state runs nothing new and is no loop.
-		j.Transitions--
-	}
-	if err := m.enter(j); err != nil {
+	if err := m.enterCounted(j, m.resumeIsLoop(j)); err != nil {
 		return err
 	}
 	return m.Run(ctx, j)
+}
+
+// Retry runs a journal again in the same process after a handler returned an error (the state
+// is persisted and nothing restarted): a re-entry of the same state, never counted as a loop.
+// A resume after a restart goes through ResumeJournal.
+func (m *Machine) Retry(ctx context.Context, j *Journal) error {
+	return m.Run(ctx, j)
+}
+
+// resumeIsLoop decides whether a restart found in j.State counts against the loop breaker: not
+// when the state only repeats what is safe to repeat (report, cleanup), not when the software
+// is committed (finishing is idempotent), and not when it made durable progress since the
+// previous restart in that state.
+func (m *Machine) resumeIsLoop(j *Journal) bool {
+	if loopExempt[j.State] {
+		return false
+	}
+	if Waiting(j.State) {
+		// A device may reboot many times while a job waits days for its window: a restart
+		// in a waiting state runs nothing new and is no loop.
+		return false
+	}
+	if changesSoftware[j.State] && m.Committed != nil && m.Committed(j) {
+		return false
+	}
+	if m.Progress == nil {
+		return true
+	}
+	p := m.Progress(j)
+	progressed := p > 0 && (j.Mark.State != j.State || p > j.Mark.Progress)
+	j.Mark = ProgressMark{State: j.State, Progress: p}
+	return !progressed
 }
 
 // Run executes j from its current (already persisted) state until done, or until a handler
@@ -126,16 +161,28 @@ func (m *Machine) Run(ctx context.Context, j *Journal) error {
 
 // enter counts the transition, applies the loop breaker and persists the journal before the
 // state runs.
-func (m *Machine) enter(j *Journal) error {
-	j.Transitions++
+func (m *Machine) enter(j *Journal) error { return m.enterCounted(j, true) }
+
+func (m *Machine) enterCounted(j *Journal, count bool) error {
+	if count {
+		j.Transitions++
+	}
 	max := m.MaxTransitions
 	if max == 0 {
 		max = DefaultMaxTransitions
 	}
 	switch {
-	case j.Transitions <= max || loopExempt[j.State]:
+	case !count || j.Transitions <= max || loopExempt[j.State]:
+		// Not a loop (a re-entry that made progress or only finishes), or within the budget.
 	case j.State == StateRollback && j.Transitions <= max+RollbackBudget:
 		// A rollback started by the breaker (or before it) gets its own small budget.
+	case changesSoftware[j.State] && m.Committed != nil && m.Committed(j):
+		// The new software is committed (the bootloader boots it for good): rolling it back
+		// would undo a healthy update over a bookkeeping failure. Report, keep it.
+		m.trip(j, max)
+		j.Report.Details["committed"] = "true"
+		j.Report.Details["detail"] += "; the new software is committed and stays"
+		j.State = StateReport
 	case changesSoftware[j.State]:
 		// New software may be in place or on trial: undo it before reporting, never report
 		// over a half-installed device.

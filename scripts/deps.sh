@@ -24,6 +24,8 @@ declare -A need=(
   [mkenvimage]=u-boot-tools
   [e2fsck]=e2fsprogs
   [debugfs]=e2fsprogs
+  # the shipped systemd units are checked against the documented drop-ins
+  [systemd-analyze]=systemd
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }

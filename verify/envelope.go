@@ -9,9 +9,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 
+	"github.com/fieldota/fieldota/internal/sigsubset/signature"
+	"github.com/fieldota/fieldota/internal/sigsubset/signature/dsse"
 	"github.com/fieldota/fieldota/ota/reason"
-	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/sigstore/sigstore/pkg/signature/dsse"
 )
 
 // PayloadType is the DSSE payload type of an in-toto Statement.

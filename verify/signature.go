@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/fieldota/fieldota/internal/sigsubset/signature"
+	"github.com/fieldota/fieldota/internal/sigsubset/signature/options"
 	"github.com/fieldota/fieldota/ota/reason"
-	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/sigstore/sigstore/pkg/signature/options"
 )
 
 // Algorithm names a detached-signature scheme, spelled like the AWS code-signing

@@ -43,6 +43,15 @@ type Client struct {
 	lastConnErr error
 	first       chan error // result of the first connect+subscribe
 	firstSent   bool
+	// gen counts the losses of the link: a subscription made on a link that was lost since
+	// must not mark the client ready (onLost can run between the SUBACK and afterConnect).
+	gen uint64
+	// afterSubscribe, when set (tests), runs between a successful subscribe and marking ready.
+	afterSubscribe func()
+	// reconnects counts the reconnect attempts of the current outage; readySince is when the
+	// link last became ready (zero once its outage began).
+	reconnects int
+	readySince time.Time
 
 	evMu     sync.Mutex
 	evNext   *NextJobExecutionChanged
@@ -110,7 +119,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(cfg.ConnectRetryInterval).
-		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+		// paho's own reconnect backoff never resets after a connection that held (an outage
+		// after an earlier long one waited the long one's interval); onReconnecting waits ours.
+		SetMaxReconnectInterval(0).
 		SetKeepAlive(cfg.KeepAlive).
 		SetPingTimeout(10 * time.Second).
 		SetConnectTimeout(cfg.ConnectTimeout).
@@ -317,10 +328,13 @@ func (c *Client) deliverEvents() {
 
 // onConnect runs (on paho's own goroutine) after every connect: subscribe, mark ready, run the hook.
 func (c *Client) onConnect(mqtt.Client) {
-	c.goTracked(c.afterConnect)
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
+	c.goTracked(func() { c.afterConnect(gen) })
 }
 
-func (c *Client) afterConnect() {
+func (c *Client) afterConnect(gen uint64) {
 	for attempt := 1; ; attempt++ {
 		err := c.subscribe()
 		if err == nil {
@@ -342,11 +356,24 @@ func (c *Client) afterConnect() {
 		}
 	}
 	c.mu.Lock()
+	hook := c.afterSubscribe
+	c.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	c.mu.Lock()
+	if c.gen != gen || !c.mc.IsConnectionOpen() {
+		// The link these subscriptions were made on is gone: the next connect subscribes again.
+		c.mu.Unlock()
+		c.log.Debug("jobs: link lost right after subscribing; not ready")
+		return
+	}
 	select {
 	case <-c.ready:
 	default:
 		close(c.ready)
 	}
+	c.readySince = time.Now()
 	c.mu.Unlock()
 	c.log.Info("jobs: connected and subscribed")
 	c.reportFirst(nil)
@@ -405,6 +432,7 @@ func (c *Client) onLost(_ mqtt.Client, err error) {
 	// paho runs this on its own goroutine: if a reconnect already completed, the link is open
 	// again and ready must stay set.
 	if !c.mc.IsConnectionOpen() {
+		c.gen++
 		select {
 		case <-c.ready:
 			c.ready = make(chan struct{})
@@ -414,9 +442,28 @@ func (c *Client) onLost(_ mqtt.Client, err error) {
 	c.log.Warn("jobs: connection lost", "err", err)
 }
 
-// onReconnecting runs synchronously before each reconnect attempt: a random wait spreads a fleet out.
+// onReconnecting runs synchronously before each reconnect attempt (paho itself waits nothing):
+// the first attempt of an outage waits only a random jitter that spreads a fleet out, later ones
+// back off too (jittered as well, so a fleet that lost the broker together stays spread).
 func (c *Client) onReconnecting(mqtt.Client, *mqtt.ClientOptions) {
-	c.wait(c.ctx, rand.N(c.cfg.ReconnectJitter+1))
+	c.mu.Lock()
+	// Decided here, not in onLost: paho starts onLost on its own goroutine, often after the
+	// first reconnect attempt.
+	if !c.readySince.IsZero() {
+		if time.Since(c.readySince) >= c.cfg.StableAfter {
+			c.reconnects = 0 // the connection held: this outage starts from the first step
+		}
+		c.readySince = time.Time{}
+	}
+	c.reconnects++
+	n := c.reconnects
+	c.mu.Unlock()
+	d := rand.N(c.cfg.ReconnectJitter + 1)
+	if n > 1 {
+		d += c.cfg.ReconnectBackoff(n - 1)
+	}
+	c.log.Debug("jobs: reconnect attempt", "attempt", n, "wait", d)
+	c.wait(c.ctx, d)
 }
 
 func (c *Client) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {

@@ -50,11 +50,18 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// ConnectRetryInterval separates attempts before the first success; default 10s.
 	ConnectRetryInterval time.Duration
-	// MaxReconnectInterval caps paho's reconnect backoff (1s doubling); default 2m.
+	// MaxReconnectInterval caps the reconnect backoff; default 2m.
 	MaxReconnectInterval time.Duration
 	// ReconnectJitter: each reconnect attempt waits a random time up to this long first, so that a
 	// fleet does not reconnect in lock-step after an outage; default 5s.
 	ReconnectJitter time.Duration
+	// ReconnectBackoff returns the extra wait before reconnect attempt attempt+1 of one outage
+	// (the first attempt only waits the jitter); default JitteredBackoff(1s, MaxReconnectInterval).
+	ReconnectBackoff func(attempt int) time.Duration
+	// StableAfter: a connection that stayed up (subscribed) this long resets the reconnect
+	// backoff, so that one long outage does not slow the recovery from every later short one;
+	// default 1m. A broker that drops the client sooner (a duplicate client id) keeps backing off.
+	StableAfter time.Duration
 	// SubscribeTimeout bounds the wait for the SUBACK on each connect; default 10s.
 	SubscribeTimeout time.Duration
 
@@ -92,6 +99,7 @@ const (
 	defaultConnectRetry     = 10 * time.Second
 	defaultMaxReconnect     = 2 * time.Minute
 	defaultReconnectJitter  = 5 * time.Second
+	defaultStableAfter      = time.Minute
 	defaultSubscribeTimeout = 10 * time.Second
 	defaultRequestTimeout   = 10 * time.Second
 	defaultMaxRetries       = 4
@@ -121,6 +129,10 @@ func (cfg Config) withDefaults() (Config, error) {
 	def(&cfg.ConnectRetryInterval, defaultConnectRetry)
 	def(&cfg.MaxReconnectInterval, defaultMaxReconnect)
 	def(&cfg.ReconnectJitter, defaultReconnectJitter)
+	def(&cfg.StableAfter, defaultStableAfter)
+	if cfg.ReconnectBackoff == nil {
+		cfg.ReconnectBackoff = JitteredBackoff(time.Second, cfg.MaxReconnectInterval)
+	}
 	def(&cfg.SubscribeTimeout, defaultSubscribeTimeout)
 	def(&cfg.RequestTimeout, defaultRequestTimeout)
 	if cfg.MaxRetries == 0 {

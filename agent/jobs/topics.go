@@ -51,6 +51,11 @@ func checkJobID(id string, allowNext bool) error {
 	return nil
 }
 
+// ValidJobID refuses a job id outside AWS's pattern [a-zA-Z0-9_-]{1,64}. Only a broker that is
+// not AWS can send one; nothing can be reported on it (its topic would not be one level), so a
+// caller refuses it on receipt, for good.
+func ValidJobID(id string) error { return checkJobID(id, false) }
+
 // topics names the thing's Jobs topics.
 type topics struct {
 	prefix string // "$aws/things/<thing>/jobs/"

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	otarun "github.com/fieldota/fieldota/ota/run"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 	"github.com/fieldota/fieldota/agent"
 	"github.com/fieldota/fieldota/agent/config"
 	"github.com/fieldota/fieldota/agent/jobs"
+	"github.com/fieldota/fieldota/cmd/internal/cli"
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/verify"
 )
@@ -36,35 +38,81 @@ var onTransition func(*ota.Journal)
 func main() {
 	// An autoStart program is run through this binary acting as its shim (package run).
 	otarun.MaybeShim()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	code := cli.Execute(ctx, newRoot(), os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const defaultConfig = "/etc/fieldota/agent.toml"
+
+// configHelp points at what documents the configuration; every command that reads it says so.
+const configHelp = `The configuration is TOML, --config (default ` + defaultConfig + `): every key is
+commented in scripts/agent.example.toml and described in docs/configuration.md.`
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "fieldota-agent",
-		Short:         "fieldota-agent: over-the-air updates for this device through AWS IoT Jobs",
+		Use:   "fieldota-agent",
+		Short: "Over-the-air updates for this device through AWS IoT Jobs",
+		Long: `fieldota-agent is the device daemon: it hears AWS IoT Jobs over MQTT, downloads, verifies and
+installs each update (files, an A/B slot or a binary swap) and reports the outcome.
+
+` + configHelp + `
+
+Under systemd it runs as scripts/fieldota-agent.service (hardened; drop-ins for directories
+outside its sandbox: docs/systemd.md). Exit status: 0 done, 1 failed, 2 usage (bad flags or arguments, a configuration
+that cannot be read).`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// A daemon has no use for shell completion scripts.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	var cfgPath string
-	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", "/etc/fieldota/agent.toml", "configuration file")
-	root.AddCommand(&cobra.Command{
-		Use:   "run",
-		Short: "serve update jobs until stopped (SIGTERM is safe at any moment)",
-		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cfgPath) },
-	})
-	root.AddCommand(&cobra.Command{
-		Use:   "status",
-		Short: "print the job in progress, installed versions and slots as JSON",
-		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return status(cmd.Context(), cmd.OutOrStdout(), cfgPath) },
-	})
-	root.AddCommand(newRecoverCmd(&cfgPath))
-	root.AddCommand(newProvisionCmd(&cfgPath))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintln(os.Stderr, "fieldota-agent:", err)
-		os.Exit(1)
+	root.PersistentFlags().StringVarP(&cfgPath, "config", "c", defaultConfig, "configuration file (TOML; see scripts/agent.example.toml)")
+	root.AddCommand(
+		&cobra.Command{
+			Use:   "run",
+			Short: "Serve update jobs until stopped (SIGTERM is safe at any moment)",
+			Long: `Connect to the Jobs service named in the configuration, resume a job the journal holds, then
+serve every job queued for this thing until SIGINT or SIGTERM. A stop at any moment is safe:
+every state is journaled before it runs and resumes at the next start.
+
+` + configHelp + `
+
+Protocol and timeouts: docs/protocol.md. Job documents: docs/job-document.md.`,
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cfgPath) },
+		},
+		&cobra.Command{
+			Use:   "status",
+			Short: "Print the job in progress, installed versions and slots as JSON",
+			Long: `Print, as JSON, what the agent knows without changing anything: the journal of the job in
+progress (presigned URLs redacted), the installed versions and, on an A/B device, which slot
+runs and what the bootloader environment says.
+
+` + configHelp,
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error { return status(cmd.Context(), cmd.OutOrStdout(), cfgPath) },
+		},
+		newRecoverCmd(&cfgPath),
+		newProvisionCmd(&cfgPath),
+	)
+	return root
+}
+
+// loadConfig reads the configuration; one that cannot be read or is invalid is a usage error
+// (exit 2), and a missing file says where the example is.
+func loadConfig(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, cli.UsageError(fmt.Errorf("no configuration at %s: copy scripts/agent.example.toml there and edit it, or pass --config FILE (keys: docs/configuration.md)", path))
+	case err != nil:
+		return nil, cli.UsageError(err)
 	}
+	return cfg, nil
 }
 
 func newLogger(level string) *slog.Logger {
@@ -74,7 +122,7 @@ func newLogger(level string) *slog.Logger {
 }
 
 func run(ctx context.Context, cfgPath string) error {
-	cfg, err := config.Load(cfgPath)
+	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -142,7 +190,7 @@ func run(ctx context.Context, cfgPath string) error {
 }
 
 func status(ctx context.Context, w io.Writer, cfgPath string) error {
-	cfg, err := config.Load(cfgPath)
+	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -154,7 +202,9 @@ func status(ctx context.Context, w io.Writer, cfgPath string) error {
 	case err != nil:
 		out["journalError"] = err.Error()
 	default:
-		out["job"] = j
+		if out["job"], err = redactURLs(j); err != nil {
+			return err
+		}
 	}
 	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, "installed.json")); err == nil {
 		out["installed"] = json.RawMessage(b)

@@ -32,7 +32,7 @@ func newRecoverCmd(cfgPath *string) *cobra.Command {
 	var unit string
 	cmd := &cobra.Command{
 		Use:   "recover",
-		Short: "before a start: restore the previous agent if a self-update cannot come up (offline)",
+		Short: "Before a start: restore the previous agent if a self-update cannot come up (offline)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			restored, err := recoverSelf(cmd.OutOrStdout(), *cfgPath, overdue, time.Now())
@@ -58,7 +58,7 @@ func overdueAfter(cfg *config.Config) time.Duration {
 
 // recoverSelf returns whether it restored the previous agent.
 func recoverSelf(w io.Writer, cfgPath string, overdue bool, now time.Time) (bool, error) {
-	cfg, err := config.Load(cfgPath)
+	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		return false, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/fieldota/fieldota/ota"
@@ -71,5 +72,40 @@ cmdline = %q
 	if got.Job == nil || got.Job.JobID != "fw-3" || got.Job.State != ota.StateDownload ||
 		got.Installed["slot"] != "2.0.0" || got.Slots.Booted != "b" || got.Slots.Env.Slot != "b" {
 		t.Fatalf("status:\n%s", out.String())
+	}
+}
+
+// TestStatusRedactsPresignedURLs: `fieldota-agent status` printed the journal's job document
+// with its presigned URL, signature included — a bearer credential for up to an hour. Every URL
+// it prints must be redacted the way log lines are.
+func TestStatusRedactsPresignedURLs(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+	presigned := "https://s3.eu-west-1.amazonaws.com/bucket/install.py?X-Amz-Algorithm=AWS4-HMAC-SHA256" +
+		"&X-Amz-Credential=AKIAEXAMPLE%2F20261201%2Feu-west-1%2Fs3%2Faws4_request&X-Amz-Security-Token=tok" + secret +
+		"&X-Amz-Signature=" + secret
+	doc := fmt.Sprintf(`{"operation":"install","version":"1.0","files":{"fileName":"install.py","url":%q,"size":3}}`, presigned)
+	j := &ota.Journal{JobID: "fw-4", ExecutionNumber: 1, State: ota.StateDownload, Document: []byte(doc),
+		Report: &ota.Report{Status: "FAILED", Details: map[string]string{"detail": "GET " + presigned + " failed"}}}
+	if err := (&ota.Store{Dir: state}).Save(j); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("thing_name = \"dev1\"\nstate_dir = %q\n[mqtt]\nendpoint = \"tcp://127.0.0.1:1\"\n[verify]\nallow_unsigned = true\n", state)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := status(context.Background(), &out, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), secret) || strings.Contains(out.String(), "X-Amz-") {
+		t.Fatalf("status prints presigned URL material:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "https://s3.eu-west-1.amazonaws.com/bucket/install.py") {
+		t.Fatalf("status lost the object the job downloads:\n%s", out.String())
 	}
 }

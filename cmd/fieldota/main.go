@@ -3,11 +3,15 @@
 package main
 
 import (
-	"fmt"
-	"github.com/fieldota/fieldota/ota/run"
+	"context"
+
 	"os"
 
+	"github.com/fieldota/fieldota/ota/run"
+
 	"github.com/spf13/cobra"
+
+	"github.com/fieldota/fieldota/cmd/internal/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -36,18 +40,9 @@ func newRoot() *cobra.Command {
 func main() {
 	// An autoStart program is run through this binary acting as its shim (package run).
 	run.MaybeShim()
-	if err := newRoot().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "fieldota:", err)
-		os.Exit(exitCode(err))
-	}
+	os.Exit(cli.Execute(context.Background(), newRoot(), os.Args[1:], os.Stderr))
 }
 
-// exitCoder lets a subcommand choose its exit status (verify: 1 = refused, 2 = usage/IO error).
-type exitCoder interface{ ExitCode() int }
-
-func exitCode(err error) int {
-	if ec, ok := err.(exitCoder); ok {
-		return ec.ExitCode()
-	}
-	return 1
-}
+// exitCode is the status of err under the contract both binaries share (cmd/internal/cli):
+// 0 done, 1 refused or failed, 2 usage. Errors choose theirs with an ExitCode method.
+func exitCode(err error) int { return cli.Code(err) }

@@ -103,7 +103,7 @@ func TestReleaseAndStatusAgainstMotoServer(t *testing.T) {
 	}
 	dir := t.TempDir()
 	key := filepath.Join(dir, "release")
-	if out, code := cli(t, ctx, "keygen", "--out", key); code != 0 {
+	if out, code := runCLI(t, ctx, "keygen", "--out", key); code != 0 {
 		t.Fatal(out)
 	}
 	file := filepath.Join(dir, "app")
@@ -126,18 +126,18 @@ func TestReleaseAndStatusAgainstMotoServer(t *testing.T) {
 		"--role-arn", "arn:aws:iam::123456789012:role/iot-s3-presign", "--max-per-minute", "5", "--abort", "FAILED:20:5",
 		"--endpoint-url", endpoint}
 	// Both implementations refuse an unversioned bucket.
-	if out, code := cli(t, ctx, args...); code != 2 || !strings.Contains(out, "versioning") {
+	if out, code := runCLI(t, ctx, args...); code != 2 || !strings.Contains(out, "versioning") {
 		t.Fatalf("release to an unversioned bucket (%d):\n%s", code, out)
 	}
 	if _, err := sc.PutBucketVersioning(ctx, &awss3.PutBucketVersioningInput{Bucket: aws.String("releases"),
 		VersioningConfiguration: &s3types.VersioningConfiguration{Status: s3types.BucketVersioningStatusEnabled}}); err != nil {
 		t.Fatal(err)
 	}
-	out, code := cli(t, ctx, args...)
+	out, code := runCLI(t, ctx, args...)
 	if code != 0 || !strings.Contains(out, ":job/fw-moto") {
 		t.Fatalf("release (%d):\n%s", code, out)
 	}
-	again, code := cli(t, ctx, args...)
+	again, code := runCLI(t, ctx, args...)
 	if code != 0 || !strings.Contains(again, "nothing to do") {
 		t.Fatalf("re-run (%d):\n%s", code, again)
 	}
@@ -161,7 +161,7 @@ func TestReleaseAndStatusAgainstMotoServer(t *testing.T) {
 		t.Errorf("moto's job status is now %q: update disagreement 3", d.Job.Status)
 	}
 	// Both expand the group: dev-0001 (a thing target and a member) and dev-0002, once each.
-	st, code := cli(t, ctx, "rollout", "status", "fw-moto", "--endpoint-url", endpoint)
+	st, code := runCLI(t, ctx, "rollout", "status", "fw-moto", "--endpoint-url", endpoint)
 	if code != exitStillRunning || !strings.Contains(st, "2 things: QUEUED 2") {
 		t.Fatalf("rollout status on moto (%d):\n%s", code, st)
 	}
@@ -170,10 +170,10 @@ func TestReleaseAndStatusAgainstMotoServer(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	if out, code := cli(t, ctx, "rollout", "cancel", "fw-moto", "--endpoint-url", endpoint); code != 0 {
+	if out, code := runCLI(t, ctx, "rollout", "cancel", "fw-moto", "--endpoint-url", endpoint); code != 0 {
 		t.Fatalf("cancel (%d): %s", code, out)
 	}
-	if st, code := cli(t, ctx, "rollout", "status", "fw-moto", "--endpoint-url", endpoint); code != 1 || !strings.Contains(st, "CANCELED") {
+	if st, code := runCLI(t, ctx, "rollout", "status", "fw-moto", "--endpoint-url", endpoint); code != 1 || !strings.Contains(st, "CANCELED") {
 		t.Fatalf("status after cancel on moto (%d):\n%s", code, st)
 	}
 }

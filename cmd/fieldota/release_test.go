@@ -33,8 +33,8 @@ func fakeAWS(t *testing.T) {
 	os.Unsetenv("AWS_PROFILE") // t.Setenv restores it afterwards
 }
 
-// cli runs a fieldota command in-process and returns its output and exit status.
-func cli(t *testing.T, ctx context.Context, args ...string) (string, int) {
+// runCLI runs a fieldota command in-process and returns its output and exit status.
+func runCLI(t *testing.T, ctx context.Context, args ...string) (string, int) {
 	t.Helper()
 	root := newRoot()
 	var out bytes.Buffer
@@ -103,7 +103,7 @@ func newRolloutEnv(t *testing.T, things int, minute time.Duration) *rolloutEnv {
 		}
 	}
 	e.key = filepath.Join(e.dir, "release")
-	if out, code := cli(t, ctx, "keygen", "--out", e.key); code != 0 {
+	if out, code := runCLI(t, ctx, "keygen", "--out", e.key); code != 0 {
 		t.Fatal(out)
 	}
 	return e
@@ -171,11 +171,11 @@ func TestReleaseToAThingGroupOf20AgentsAtFivePerMinute(t *testing.T) {
 	f := e.startFleet(t, 20, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	out, code := cli(t, ctx, e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-2-0-0", "--max-per-minute", "5")...)
+	out, code := runCLI(t, ctx, e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-2-0-0", "--max-per-minute", "5")...)
 	if code != 0 || !strings.Contains(out, jobsim.JobArn("fw-2-0-0")) || !strings.Contains(out, "uploaded version") {
 		t.Fatalf("release (%d):\n%s", code, out)
 	}
-	out, code = cli(t, ctx, e.statusArgs("fw-2-0-0", "--watch", "--interval", "100ms")...)
+	out, code = runCLI(t, ctx, e.statusArgs("fw-2-0-0", "--watch", "--interval", "100ms")...)
 	if code != 0 || !strings.Contains(out, "COMPLETED: 20 things: SUCCEEDED 20") {
 		t.Fatalf("rollout status --watch (%d):\n%s", code, out)
 	}
@@ -203,7 +203,7 @@ func TestReleaseToAThingGroupOf20AgentsAtFivePerMinute(t *testing.T) {
 		t.Fatalf("20 things at 5 a minute rolled out in %v, under 3 minutes", span)
 	}
 	// A finished rollout read again without --watch: still 0.
-	if out, code := cli(t, ctx, e.statusArgs("fw-2-0-0")...); code != 0 {
+	if out, code := runCLI(t, ctx, e.statusArgs("fw-2-0-0")...); code != 0 {
 		t.Fatalf("rollout status (%d):\n%s", code, out)
 	}
 }
@@ -218,11 +218,11 @@ func TestAbortConfigStopsARolloutWithFailingDevices(t *testing.T) {
 	e.startFleet(t, 20, func(i int) bool { return i%3 == 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	out, code := cli(t, ctx, e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-abort", "--max-per-minute", "5", "--abort", "FAILED:20:5")...)
+	out, code := runCLI(t, ctx, e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-abort", "--max-per-minute", "5", "--abort", "FAILED:20:5")...)
 	if code != 0 {
 		t.Fatalf("release (%d):\n%s", code, out)
 	}
-	out, code = cli(t, ctx, e.statusArgs("fw-abort", "--watch", "--interval", "100ms")...)
+	out, code = runCLI(t, ctx, e.statusArgs("fw-abort", "--watch", "--interval", "100ms")...)
 	if code != 1 || !strings.Contains(out, "CANCELED") || !strings.Contains(out, "FAILED HEALTH_CHECK_FAILED") || !strings.Contains(out, "AbortConfig") {
 		t.Fatalf("rollout status --watch (%d):\n%s", code, out)
 	}
@@ -259,7 +259,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 	defer cancel()
 	file := e.payload(t, "release 2.0.0")
 	args := e.releaseArgs(file, "fw-pinned")
-	if out, code := cli(t, ctx, args...); code != 0 {
+	if out, code := runCLI(t, ctx, args...); code != 0 {
 		t.Fatalf("first release (%d):\n%s", code, out)
 	}
 	puts := func() int {
@@ -272,7 +272,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 		return n
 	}
 	before := puts()
-	out, code := cli(t, ctx, args...)
+	out, code := runCLI(t, ctx, args...)
 	if code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
 		t.Fatalf("second release (%d, %d PUTs, was %d):\n%s", code, puts(), before, out)
 	}
@@ -280,7 +280,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 		t.Fatalf("%d jobs after the re-run", len(jobs))
 	}
 	// Another release under the same job id is refused, not merged.
-	if out, code := cli(t, ctx, e.releaseArgs(e.payload(t, "something else"), "fw-pinned")...); code != 1 || !strings.Contains(out, "other files") {
+	if out, code := runCLI(t, ctx, e.releaseArgs(e.payload(t, "something else"), "fw-pinned")...); code != 1 || !strings.Contains(out, "other files") {
 		t.Fatalf("a different release under the same id (%d):\n%s", code, out)
 	}
 	// The key is overwritten after the job was created…
@@ -290,7 +290,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 	}
 	// …and the devices, which come online now, still fetch and install the signed version.
 	f := e.startFleet(t, 3, nil)
-	if out, code := cli(t, ctx, e.statusArgs("fw-pinned", "--watch", "--interval", "100ms")...); code != 0 {
+	if out, code := runCLI(t, ctx, e.statusArgs("fw-pinned", "--watch", "--interval", "100ms")...); code != 0 {
 		t.Fatalf("rollout status (%d):\n%s", code, out)
 	}
 	for _, d := range f.Devices {
@@ -308,7 +308,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 func TestReleaseDryRunPrintsTheCallsAndMakesNone(t *testing.T) {
 	e := newRolloutEnv(t, 1, time.Second)
 	ctx := context.Background()
-	out, code := cli(t, ctx, e.releaseArgs(e.payload(t, "x"), "fw-dry", "--dry-run", "--exponential", "10:2:succeeded=20",
+	out, code := runCLI(t, ctx, e.releaseArgs(e.payload(t, "x"), "fw-dry", "--dry-run", "--exponential", "10:2:succeeded=20",
 		"--abort", "FAILED:20:5", "--retry", "FAILED:1", "--in-progress-timeout", "60")...)
 	if code != 0 {
 		t.Fatalf("(%d) %s", code, out)
@@ -344,7 +344,7 @@ func TestReleaseWithAPackageRegistersTheVersionAndJobsWritesPackage(t *testing.T
 	}
 	args := e.releaseArgs(e.payload(t, "release 2.0.0"), "fw-pkg", "--package", "app")
 	for range 2 {
-		if out, code := cli(t, ctx, args...); code != 0 {
+		if out, code := runCLI(t, ctx, args...); code != 0 {
 			t.Fatalf("release (%d):\n%s", code, out)
 		}
 	}
@@ -353,7 +353,7 @@ func TestReleaseWithAPackageRegistersTheVersionAndJobsWritesPackage(t *testing.T
 		t.Fatalf("package version %+v %v", v, err)
 	}
 	e.startFleet(t, 2, nil)
-	if out, code := cli(t, ctx, e.statusArgs("fw-pkg", "--watch", "--interval", "100ms")...); code != 0 {
+	if out, code := runCLI(t, ctx, e.statusArgs("fw-pkg", "--watch", "--interval", "100ms")...); code != 0 {
 		t.Fatalf("rollout status (%d):\n%s", code, out)
 	}
 	doc, ok := e.sim.Shadows().Get(fleet.Options{}.Name(0), "$package")

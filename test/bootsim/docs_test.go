@@ -15,12 +15,13 @@ func snippet(t *testing.T, first string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The fence names a language (test/docs requires one): ```text.
 	doc := string(b)
-	i := strings.Index(doc, "```\n"+first+"\n")
-	if i < 0 {
+	i := strings.Index(doc, "\n"+first+"\n")
+	if i < 0 || !strings.HasPrefix(doc[strings.LastIndex(doc[:i], "\n")+1:], "```") {
 		t.Fatalf("docs/ab-slots.md has no block starting %q", first)
 	}
-	body := doc[i+4:]
+	body := doc[i+1:]
 	return body[:strings.Index(body, "```\n")]
 }
 

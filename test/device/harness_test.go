@@ -35,10 +35,11 @@ const (
 	slotVersionB = "2.0.0"
 	// boardName is the board's compatibility name (config `compatible`, documents' `compatible`).
 	boardName = "fieldota-qemu-arm64"
-	// appDir is the data partition's directory for files jobs and binary swaps (on the board;
-	// the partition is mounted at /data), and appBinary the binary that binary jobs swap.
+	// appDir is the data partition's directory for files jobs (on the board; the partition is
+	// mounted at /data), and appBinary the binary that binary jobs swap — outside appDir: the
+	// agent refuses allowed roots that hold the binary it manages (a files job could replace it).
 	appDir    = "/data/app"
-	appBinary = appDir + "/bin/hello"
+	appBinary = "/data/bin/hello"
 )
 
 // appBinaryV1 is the binary at appBinary on the pristine disk; binary jobs replace it.
@@ -222,7 +223,7 @@ func (e *env) buildSlot(im slotImage, agent, out string) error {
 // holding the binary that binary jobs swap.
 func (e *env) buildDisk(out, slotA string) error {
 	data := filepath.Join(e.dir, "data-skeleton")
-	if err := writeFile(filepath.Join(data, "app", "bin", "hello"), appBinaryV1, 0o755); err != nil {
+	if err := writeFile(filepath.Join(data, "bin", "hello"), appBinaryV1, 0o755); err != nil {
 		return err
 	}
 	_, err := e.run("disk", out, slotA, data)

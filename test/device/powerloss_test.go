@@ -130,7 +130,7 @@ func (e *env) flowJobs(b *board) ([]judge.Job, map[string]testdoc.Doc) {
 		{ID: id("files"), Target: "files", Version: appVersion, Key: "files:" + appDir, Payload: []byte(helloV2),
 			File: "/app/hello.txt", NewSHA256: sum(helloV2)},
 		{ID: id("binary"), Target: "binary", Version: appVersion, Key: "binary:" + appBinary, Payload: []byte(binaryV2),
-			File: "/app/bin/hello", OldSHA256: sum(appBinaryV1), NewSHA256: sum(binaryV2)},
+			File: "/bin/hello", OldSHA256: sum(appBinaryV1), NewSHA256: sum(binaryV2)},
 		{ID: id("slot"), Target: "slot", Version: slotVersionB, Key: "slot"},
 	}
 	return jobsList, map[string]testdoc.Doc{jobsList[0].ID: files, jobsList[1].ID: bin, jobsList[2].ID: slot}

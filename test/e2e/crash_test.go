@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldota/fieldota/download"
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/test/jobsim/s3"
 )
@@ -90,13 +91,12 @@ func TestAgentKilledMidDownloadResumesFromCheckpoint(t *testing.T) {
 	work := filepath.Join(e.appRoot, "fw")
 	e.createJob("big", e.seedDoc("fw.bin", payload, "7.0", work, false))
 	p := e.startAgent()
-	e.waitFor("a checkpoint", func() bool {
-		_, err := os.Stat(filepath.Join(e.stateDir, "staging", "big-1", "0.checkpoint"))
-		return err == nil
-	})
+	cp := filepath.Join(e.stateDir, "staging", "big-1", "0.checkpoint")
+	e.waitFor("a checkpoint past 8 MiB", func() bool { return download.CheckpointOffset(cp) >= 8<<20 })
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	p.done <- nil
+	at := download.CheckpointOffset(cp)
 	// The killed agent's response may still be draining on the server: count from a quiet point.
 	e.waitFor("the killed download's response to end", func() bool { return e.sim.Artifacts().InFlight() == 0 })
 	e.sim.Artifacts().ResetStats()
@@ -106,12 +106,63 @@ func TestAgentKilledMidDownloadResumesFromCheckpoint(t *testing.T) {
 	}
 	e.waitFor("the last response to be counted", func() bool { return e.sim.Artifacts().InFlight() == 0 })
 	second := e.sim.Artifacts().Stats("bucket/fw.bin").BytesSent
-	if second > size-(8<<20)+(1<<20) {
-		t.Fatalf("restarted agent fetched %d of %d bytes: it did not resume from the 8 MiB checkpoint", second, size)
+	if second > size-at+(1<<20) {
+		t.Fatalf("restarted agent fetched %d of %d bytes: it did not resume from the checkpoint at %d", second, size, at)
 	}
 	got, err := os.ReadFile(filepath.Join(work, "fw.bin"))
 	if err != nil || len(got) != size || string(got[:1024]) != string(payload[:1024]) {
 		t.Fatalf("placed payload wrong: %d bytes, %v", len(got), err)
 	}
 	e.assertNoLeftovers()
+}
+
+// TestKillLoopDuringASlowDownloadFinishesWithLittleRedownloaded: on a 500 KB/s link cut every
+// ~6 s, checkpoints came only every 8 MiB, so none was ever written: every restart began at zero
+// (87.8 MB served for a 41.9 MB payload) until the loop breaker failed the job INTERNAL. Here the
+// agent is SIGKILLed every 1.5–2.5 s on a 400 KB/s link: every restart must resume from a recent
+// checkpoint, none may count as a loop, and each kill may cost at most 1 MiB.
+func TestKillLoopDuringASlowDownloadFinishesWithLittleRedownloaded(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	const size, rate = 3 << 20, 400 << 10
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i*131 + i>>9)
+	}
+	e.publish("fw.bin", payload)
+	e.sim.Artifacts().SetFaults("bucket/fw.bin", s3.Faults{RateBytesPerSec: rate})
+	work := filepath.Join(e.appRoot, "fw")
+	e.createJob("slow", e.seedDoc("fw.bin", payload, "7.1", work, false))
+	kills := 0
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		p := e.startAgent()
+		select {
+		case <-p.done:
+			t.Fatal("the agent exited by itself")
+		case <-time.After(1500*time.Millisecond + time.Duration(kills%3)*500*time.Millisecond):
+		}
+		if ex, err := e.sim.DescribeJobExecution("slow", thing, 0); err == nil && ex.Status != "IN_PROGRESS" && ex.Status != "QUEUED" {
+			p.stop()
+			break
+		}
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		p.done <- nil
+		kills++
+		if time.Now().After(deadline) {
+			t.Fatalf("still downloading after %d kills (checkpoint at %d)", kills, download.CheckpointOffset(filepath.Join(e.stateDir, "staging", "slow-1", "0.checkpoint")))
+		}
+	}
+	ex := e.waitTerminal("slow", 10*time.Second)
+	if ex.Status != "SUCCEEDED" {
+		t.Fatalf("after %d kills: %s %v", kills, ex.Status, ex.StatusDetails.DetailsMap)
+	}
+	if kills < 4 {
+		t.Fatalf("only %d kills: the test proved nothing", kills)
+	}
+	e.waitFor("the last response to be counted", func() bool { return e.sim.Artifacts().InFlight() == 0 })
+	extra := e.sim.Artifacts().Stats("bucket/fw.bin").BytesSent - size
+	if perKill := extra / int64(kills); perKill > 1<<20 {
+		t.Fatalf("%d bytes re-downloaded over %d kills: %d per kill", extra, kills, perKill)
+	}
+	t.Logf("%d kills, %d bytes re-downloaded (%d per kill)", kills, extra, extra/int64(kills))
 }

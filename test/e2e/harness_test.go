@@ -197,20 +197,24 @@ func (d *device) startAgent(extraEnv ...string) *agentProc {
 	return p
 }
 
-// stop sends SIGTERM (the agent treats it like a power cut) and waits.
+// stop sends SIGTERM (the agent treats it like a power cut) and waits. It may be called again
+// (the exit status stays in done).
 func (p *agentProc) stop() {
 	select {
-	case <-p.done:
+	case err := <-p.done:
+		p.done <- err
 		return
 	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	var err error
 	select {
-	case <-p.done:
+	case err = <-p.done:
 	case <-time.After(10 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-p.done
+		err = <-p.done
 	}
+	p.done <- err
 }
 
 // waitKilled waits for the agent to die of SIGKILL (the fault injection).
