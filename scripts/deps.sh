@@ -38,6 +38,8 @@ missing=()
 for cmd in "${!need[@]}"; do
   have "$cmd" || missing+=("${need[$cmd]}")
 done
+# the update policy's time zones come from the system's zone database
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
 [ ${#missing[@]} -eq 0 ] && { echo "deps: all test tools present"; exit 0; }
 
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)

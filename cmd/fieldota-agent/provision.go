@@ -20,12 +20,12 @@ import (
 func newProvisionCmd(cfgPath *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "provision",
-		Short: "create the identity key inside the TPM or token, write a CSR, install the certificate",
+		Short: "Create the identity key inside the TPM or token, write a CSR, install the certificate",
 	}
 	var keySpec, out, cn string
 	csr := &cobra.Command{
 		Use:   "csr",
-		Short: "create the key in the TPM/token unless it exists, and write a certificate signing request",
+		Short: "Create the key in the TPM/token unless it exists, and write a certificate signing request",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			cfg, ref, err := provisionRef(*cfgPath, keySpec)
@@ -59,7 +59,7 @@ func newProvisionCmd(cfgPath *string) *cobra.Command {
 	var installKey, certOut string
 	install := &cobra.Command{
 		Use:   "install CERTIFICATE",
-		Short: "check the certificate (PEM, or the JSON of aws iot create-certificate-from-csr) against the key and install it",
+		Short: "Check the certificate (PEM, or the JSON of aws iot create-certificate-from-csr) against the key and install it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg, ref, err := provisionRef(*cfgPath, installKey)
