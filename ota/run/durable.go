@@ -258,10 +258,16 @@ func readStatus(f *os.File) (status, error) {
 	return s, nil
 }
 
+// ownStartTicks is the shim's own start time, through /proc/self: right even where the /proc
+// mounted is not the PID namespace's own (a sandbox that made a PID namespace only).
+func ownStartTicks() (uint64, error) { return ticksOf("/proc/self/stat") }
+
 // startTicks is field 22 of /proc/<pid>/stat: when the process started, in clock ticks since
 // boot. Together with the pid it names one process for the life of the boot.
-func startTicks(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+func startTicks(pid int) (uint64, error) { return ticksOf(fmt.Sprintf("/proc/%d/stat", pid)) }
+
+func ticksOf(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
@@ -308,7 +314,7 @@ func MaybeShim() {
 func shim(argv []string) int {
 	st := os.NewFile(3, "status")
 	syscall.CloseOnExec(3) // the program must not hold the lock
-	ticks, err := startTicks(os.Getpid())
+	ticks, err := ownStartTicks()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fieldota shim: %v\n", err)
 		return 127

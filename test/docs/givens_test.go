@@ -60,6 +60,8 @@ func given(t *testing.T, bin, dir, name string) {
 		write("payload.bin", b, 0o644)
 	case "release.key", "release.pub":
 		keyPair("release", "ecdsa-p256")
+	case "dist/myapp", "app":
+		write(name, []byte("#!/bin/sh\necho myapp 2.0\n"), 0o755)
 	case "ed25519.key":
 		keyPair("ed25519", "ed25519")
 	case "pred.json":
