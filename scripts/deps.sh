@@ -18,6 +18,8 @@ declare -A need=(
   [gcc]=gcc
   # the update policy test talks to a stand-in NetworkManager on a private D-Bus
   [dbus-daemon]=dbus-daemon
+  # the release tool compresses with the reference zstd -19 (fieldota job --compress)
+  [zstd]=zstd
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
