@@ -82,6 +82,27 @@ func newFileSlotRig(t *testing.T) (*slotRig, slot.File) {
 	return newSlotRig(t, env, config.Slot{Bootloader: "file", EnvFile: env.Path}), env
 }
 
+// deltaRig is a file-slot rig running the old release of slotImages(size) from slot a, with the
+// new one built as an object (delta-capable when withDelta).
+func deltaRig(t *testing.T, size int, withDelta bool) (*slotRig, slot.File, []byte, []byte, zimage.Manifest) {
+	t.Helper()
+	r, env := newFileSlotRig(t)
+	old, nw := slotImages(size)
+	if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	obj, m := zobject(t, nw, withDelta)
+	return r, env, nw, obj, m
+}
+
+// expectBootsA fails when the environment would boot anything but slot a, or try a slot.
+func expectBootsA(t *testing.T, env slot.File) {
+	t.Helper()
+	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try {
+		t.Fatalf("the environment would boot a refused image: %+v", st)
+	}
+}
+
 // TestCompressedPayloadForEachTargetInstallsWithItsRawDigestEnforced: a compressed object is
 // decompressed while it downloads into every target's sink — the staged file of a files and a
 // binary job, the inactive slot (in full, and by delta) — and what is installed is exactly the
@@ -149,12 +170,7 @@ func TestCompressedPayloadForEachTargetInstallsWithItsRawDigestEnforced(t *testi
 				name = "slot delta/"
 			}
 			t.Run(name+verdict, func(t *testing.T) {
-				r, env := newFileSlotRig(t)
-				old, nw := slotImages(1 << 20)
-				if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				obj, m := zobject(t, nw, withDelta)
+				r, env, nw, obj, m := deltaRig(t, 1<<20, withDelta)
 				r.compressedJob("z", "rootfs.img", obj, tamper(m, nw))
 				if good {
 					d := r.commit("z")
@@ -166,15 +182,12 @@ func TestCompressedPayloadForEachTargetInstallsWithItsRawDigestEnforced(t *testi
 					}
 					return
 				}
-				envBefore, _ := os.ReadFile(env.Path)
 				r.boot(nil)
 				ex := r.h.waitTerminal("z")
 				if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["reason"] != "DIGEST_MISMATCH" || r.rebootRequested() {
 					t.Fatalf("%s %v (reboot requested: %v)", ex.Status, ex.StatusDetails.DetailsMap, r.rebootRequested())
 				}
-				if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try {
-					t.Fatalf("the environment would boot the refused image: %+v (was %s)", st, envBefore)
-				}
+				expectBootsA(t, env)
 			})
 		}
 	}
@@ -197,9 +210,7 @@ func TestDecompressionPastTheSignedRawSizeIsRefusedBeforeWritingPastIt(t *testin
 	if fi, err := os.Stat(r.board.Slots.B); err != nil || fi.Size() > m.Raw.Size {
 		t.Fatalf("slot b holds %d bytes, the signed raw size is %d (%v)", fi.Size(), m.Raw.Size, err)
 	}
-	if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try {
-		t.Fatalf("environment %+v", st)
-	}
+	expectBootsA(t, env)
 }
 
 // TestDeltaIntoAFileBackedSlotCommitsTheExactImageAndReportsTheSaving: the slot job reads the
@@ -207,12 +218,7 @@ func TestDecompressionPastTheSignedRawSizeIsRefusedBeforeWritingPastIt(t *testin
 // exactly the new image, and statusDetails `delta` says what it saved — which is what the
 // object's server sent.
 func TestDeltaIntoAFileBackedSlotCommitsTheExactImageAndReportsTheSaving(t *testing.T) {
-	r, _ := newFileSlotRig(t)
-	old, nw := slotImages(4 << 20)
-	if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	obj, m := zobject(t, nw, true)
+	r, _, nw, obj, m := deltaRig(t, 4<<20, true)
 	r.compressedJob("delta", "rootfs.img", obj, m)
 	d := r.commit("delta")
 	if got, _ := os.ReadFile(r.board.Slots.B); !bytes.Equal(got, nw) {
@@ -237,18 +243,14 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // DIGEST_MISMATCH at the download, the environment untouched, no reboot. Neither is a reason to
 // fall back to the full download.
 func TestDeltaTamperedFrameOrIndexEntryIsRefused(t *testing.T) {
-	old, nw := slotImages(1 << 20)
-	obj, m := zobject(t, nw, true)
-	for name, at := range map[string]int64{
-		// the first delta frame holds the header block, which differs from the old image's
-		"delta frame": m.Full.Size + 8 + 20,
-		"index entry": m.Delta.Index.Offset + m.Delta.Index.Size/2,
-	} {
+	for _, name := range []string{"delta frame", "index entry"} {
 		t.Run(name, func(t *testing.T) {
-			r, env := newFileSlotRig(t)
-			if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			r, env, _, obj, m := deltaRig(t, 1<<20, true)
+			at := map[string]int64{
+				// the first delta frame holds the header block, which differs from the old image's
+				"delta frame": m.Full.Size + 8 + 20,
+				"index entry": m.Delta.Index.Offset + m.Delta.Index.Size/2,
+			}[name]
 			bad := append([]byte(nil), obj...)
 			bad[at] ^= 0x40
 			r.compressedJob("tampered", "rootfs.img", bad, m)
@@ -261,9 +263,7 @@ func TestDeltaTamperedFrameOrIndexEntryIsRefused(t *testing.T) {
 			if strings.HasPrefix(d["delta"], "full download") {
 				t.Fatalf("fell back to the full download: %v", d)
 			}
-			if st, _ := slot.ReadStatus(context.Background(), env); st.Slot != "a" || st.Try {
-				t.Fatalf("environment %+v", st)
-			}
+			expectBootsA(t, env)
 		})
 	}
 }
@@ -272,12 +272,7 @@ func TestDeltaTamperedFrameOrIndexEntryIsRefused(t *testing.T) {
 // presigned URL expires; the next range is refused 403, the agent describes the job again for a
 // fresh URL and goes on from there: the delta completes and no frame is fetched twice.
 func TestDeltaURLExpiringMidwayIsRefreshedAndContinues(t *testing.T) {
-	r, _ := newFileSlotRig(t)
-	old, nw := slotImages(4 << 20)
-	if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	obj, m := zobject(t, nw, true)
+	r, _, nw, obj, m := deltaRig(t, 4<<20, true)
 	r.h.sim.Artifacts().SetFaults("bucket/rootfs.img", s3.Faults{RateBytesPerSec: 256 << 10})
 	r.compressedJob("expiring", "rootfs.img", obj, m)
 	stop := r.boot(nil)
@@ -345,12 +340,7 @@ func parseRange(h string) (a, b int64, ok bool) {
 // agent stopped as a reboot stops it) and comes up in the same slot: the new agent keeps the
 // index it fetched and the frames already written, fetches only the rest, and commits.
 func TestDeltaRebootMidwayResumesWhereItWas(t *testing.T) {
-	r, _ := newFileSlotRig(t)
-	old, nw := slotImages(4 << 20)
-	if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	obj, m := zobject(t, nw, true)
+	r, _, nw, obj, m := deltaRig(t, 4<<20, true)
 	r.h.sim.Artifacts().SetFaults("bucket/rootfs.img", s3.Faults{RateBytesPerSec: 256 << 10})
 	r.compressedJob("resume", "rootfs.img", obj, m)
 	stop := r.boot(nil)
@@ -378,12 +368,7 @@ func TestDeltaRebootMidwayResumesWhereItWas(t *testing.T) {
 // device is gone (it cannot be opened): the delta does not fit, the agent downloads the full
 // part of the same object instead, commits, and statusDetails `delta` says why.
 func TestDeltaWithAnUnreadableActiveSlotFallsBackToTheFullDownloadAndSaysSo(t *testing.T) {
-	r, _ := newFileSlotRig(t)
-	old, nw := slotImages(1 << 20)
-	if err := os.WriteFile(r.board.Slots.A, old, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	obj, m := zobject(t, nw, true)
+	r, _, nw, obj, m := deltaRig(t, 1<<20, true)
 	r.compressedJob("fallback", "rootfs.img", obj, m)
 	stop := r.boot(func(j *ota.Journal) {
 		if j.State == ota.StateDownload {

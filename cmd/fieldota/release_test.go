@@ -149,6 +149,17 @@ func (e *rolloutEnv) statusArgs(jobID string, extra ...string) []string {
 	return append([]string{"rollout", "status", jobID, "--endpoint-url", e.sim.HTTPURL()}, extra...)
 }
 
+// puts counts the PUT requests the emulator's S3 answered.
+func (e *rolloutEnv) puts() int {
+	n := 0
+	for _, r := range e.sim.Artifacts().Requests() {
+		if r.Method == "PUT" {
+			n++
+		}
+	}
+	return n
+}
+
 func (e *rolloutEnv) kinds(kind string) []jobsim.Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -262,15 +273,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 	if out, code := cli(t, ctx, args...); code != 0 {
 		t.Fatalf("first release (%d):\n%s", code, out)
 	}
-	puts := func() int {
-		n := 0
-		for _, r := range e.sim.Artifacts().Requests() {
-			if r.Method == "PUT" {
-				n++
-			}
-		}
-		return n
-	}
+	puts := e.puts
 	before := puts()
 	out, code := cli(t, ctx, args...)
 	if code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
@@ -378,15 +381,7 @@ func TestReleaseCompressedUploadsTheObjectAndDevicesInstallTheRawBinary(t *testi
 	if code != 0 || !strings.Contains(out, "s3://releases/fw-z/app.zst: uploaded") {
 		t.Fatalf("release (%d):\n%s", code, out)
 	}
-	puts := func() int {
-		n := 0
-		for _, r := range e.sim.Artifacts().Requests() {
-			if r.Method == "PUT" {
-				n++
-			}
-		}
-		return n
-	}
+	puts := e.puts
 	before := puts()
 	if out, code := cli(t, ctx, args...); code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
 		t.Fatalf("re-run (%d, %d PUTs, was %d):\n%s", code, puts(), before, out)
