@@ -53,6 +53,9 @@ func (a *Agent) admit(raw []byte) (*job, error) {
 			return nil, fmt.Errorf("files[%d].url: %w", i, err)
 		}
 	}
+	if err := a.admitCompressed(jb.rel); err != nil {
+		return nil, err
+	}
 	inst, err := loadInstalled(a.cfg.StateDir)
 	if err != nil {
 		return nil, reason.Wrap(reason.Internal, err)
@@ -121,8 +124,8 @@ func (a *Agent) jobOf(j *ota.Journal) (*job, error) {
 		return nil, mismatch("file count", len(j.Staged), len(rel.Files))
 	}
 	for i, st := range j.Staged {
-		if f := rel.Files[i]; st.Name != f.Name || st.Size != f.Size {
-			return nil, mismatch(fmt.Sprintf("files[%d]", i), fmt.Sprintf("%s (%d bytes)", st.Name, st.Size), fmt.Sprintf("%s (%d bytes)", f.Name, f.Size))
+		if f := rel.Files[i]; st.Name != f.Name || st.Size != f.RawSize() {
+			return nil, mismatch(fmt.Sprintf("files[%d]", i), fmt.Sprintf("%s (%d bytes)", st.Name, st.Size), fmt.Sprintf("%s (%d bytes)", f.Name, f.RawSize()))
 		}
 	}
 	return jb, nil

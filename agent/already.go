@@ -74,7 +74,7 @@ func (a *Agent) filesRun(ctx context.Context, r *verify.Release) bool {
 		return false
 	}
 	for _, f := range r.Files {
-		if !sameBytes(ctx, filepath.Join(dir.Path, f.Name), f.Size, f.SHA256) {
+		if !sameBytes(ctx, filepath.Join(dir.Path, f.Name), f.RawSize(), f.RawSHA256()) {
 			return false
 		}
 	}
@@ -84,5 +84,5 @@ func (a *Agent) filesRun(ctx context.Context, r *verify.Release) bool {
 // binaryRuns: the managed binary is the release's.
 func (a *Agent) binaryRuns(ctx context.Context, r *verify.Release) bool {
 	target, _, err := a.swapTarget()
-	return err == nil && len(r.Files) == 1 && sameBytes(ctx, target, r.Files[0].Size, r.Files[0].SHA256)
+	return err == nil && len(r.Files) == 1 && sameBytes(ctx, target, r.Files[0].RawSize(), r.Files[0].RawSHA256())
 }

@@ -208,7 +208,7 @@ func (a *Agent) filesPlan(j *ota.Journal, r *verify.Release, withStaged bool) (f
 		}
 	}
 	for i, f := range r.Files {
-		ff := files.File{Name: f.Name, Mode: f.Mode, SHA256: f.SHA256}
+		ff := files.File{Name: f.Name, Mode: f.Mode, SHA256: f.RawSHA256()} // placed as decompressed
 		if withStaged {
 			if i >= len(j.Staged) {
 				closeAll()

@@ -25,6 +25,10 @@ type flow struct {
 	// runs, when set, tells whether the bytes of r are what runs at its place now (read back
 	// from the disk): with the installed record it makes "already installed".
 	runs func(ctx context.Context, r *verify.Release) bool
+	// delta, when set, says the target can take a block-reuse delta (ota/delta): it prepares
+	// file i's destination as sink does and returns its path and that of the running image,
+	// the delta's read-only source.
+	delta func(j *ota.Journal, i int) (target, active string, err error)
 	// discard, when set, undoes what the download wrote outside the staging directory, for a
 	// job that ends before its install (an A/B slot written in place is marked bad).
 	discard func(ctx context.Context, j *ota.Journal) error

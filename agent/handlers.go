@@ -130,12 +130,13 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 		j.Staged = make([]ota.Staged, len(jb.rel.Files))
 		for i, f := range jb.rel.Files {
 			j.Staged[i] = ota.Staged{Name: f.Name, Path: filepath.Join(dir, fmt.Sprintf("%d.payload", i)),
-				Checkpoint: filepath.Join(dir, fmt.Sprintf("%d.checkpoint", i)), Size: f.Size}
+				Checkpoint: filepath.Join(dir, fmt.Sprintf("%d.checkpoint", i)), Size: f.RawSize()}
 		}
 	}
+	// Progress counts installed bytes: a compressed install reports the raw bytes it settled.
 	var total, before int64
 	for _, f := range jb.rel.Files {
-		total += f.Size
+		total += f.RawSize()
 	}
 
 	// The job's own context ends when the service cancels or deletes the execution.
@@ -158,10 +159,16 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 	for i, f := range jb.rel.Files {
 		st := &j.Staged[i]
 		if st.SHA256 != "" {
-			before += f.Size
+			before += f.RawSize()
 			continue
 		}
-		res, err := a.fetch(jobCtx, j, i, jb.doc.Files[i].URL, st, func(done, _ int64) { prog.observe(before+done, total) })
+		observe := func(done, _ int64) { prog.observe(before+done, total) }
+		var res download.Result
+		if f.Compressed != nil {
+			res, err = a.fetchCompressed(jobCtx, j, i, f, jb.doc.Files[i].URL, st, observe)
+		} else {
+			res, err = a.fetch(jobCtx, j, i, jb.doc.Files[i].URL, st, observe)
+		}
 		if cause := context.Cause(jobCtx); errors.Is(cause, errCanceled) {
 			return ota.EvCancel, nil
 		}
@@ -172,11 +179,15 @@ func (a *Agent) download(ctx context.Context, j *ota.Journal) (ota.Event, error)
 			if errors.Is(err, errCanceled) {
 				return ota.EvCancel, nil
 			}
-			return ota.Fail(j, err, map[string]string{"stage": "download"}), nil
+			extra := map[string]string{"stage": "download"}
+			if v := j.Data[dataDelta]; v != "" {
+				extra["delta"] = v
+			}
+			return ota.Fail(j, err, extra), nil
 		}
 		st.SHA256 = hex.EncodeToString(res.SHA256)
-		before += f.Size
-		a.log.Info("downloaded", "job", j.JobID, "file", f.Name, "bytes", res.Size, "resumed", res.Resumed, "refreshes", res.Refreshes)
+		before += f.RawSize()
+		a.log.Info("downloaded", "job", j.JobID, "file", f.Name, "bytes", res.Size, "wire", res.BytesOnWire, "resumed", res.Resumed, "refreshes", res.Refreshes)
 	}
 	return ota.EvOK, nil
 }
@@ -340,7 +351,7 @@ func (a *Agent) verifyStaged(ctx context.Context, j *ota.Journal) (ota.Event, er
 			// st.Size bytes into it (more is refused by the downloader).
 			size = st.Size
 		}
-		pv, err := a.verifier().CheckPayload(jb.rel, i, digest, size, a.now())
+		pv, err := a.verifier().CheckInstalled(jb.rel, i, digest, size, a.now())
 		if err != nil {
 			return ota.Fail(j, err, map[string]string{"stage": "verify"}), nil
 		}
@@ -385,6 +396,6 @@ func (a *Agent) recheckStaged(jb *job, i int, path string) error {
 	if err != nil {
 		return reason.Errorf(reason.Internal, "staged %s: %w", jb.rel.Files[i].Name, err)
 	}
-	_, err = a.verifier().CheckPayload(jb.rel, i, h.Sum(nil), n, a.now())
+	_, err = a.verifier().CheckInstalled(jb.rel, i, h.Sum(nil), n, a.now())
 	return err
 }

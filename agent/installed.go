@@ -81,7 +81,7 @@ func recordInstalled(stateDir, key string, r *verify.Release) error {
 	}
 	e := installedEntry{Version: r.Version, Signed: r.Signed, Files: map[string]string{}, Package: r.Package}
 	for _, f := range r.Files {
-		e.Files[f.Name] = hex.EncodeToString(f.SHA256)
+		e.Files[f.Name] = hex.EncodeToString(f.RawSHA256()) // what runs: the decompressed bytes
 	}
 	if old, ok := m[key]; ok {
 		e.Previous = old.Previous
@@ -113,7 +113,7 @@ func isInstalled(stateDir, key string, r *verify.Release) bool {
 		return false
 	}
 	for _, f := range r.Files {
-		if e.Files[f.Name] != hex.EncodeToString(f.SHA256) {
+		if e.Files[f.Name] != hex.EncodeToString(f.RawSHA256()) {
 			return false
 		}
 	}

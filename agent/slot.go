@@ -41,6 +41,7 @@ func init() {
 			},
 			ready:     s.ready,
 			sink:      s.sink,
+			delta:     s.prepare,
 			key:       func(*verify.Release) (string, error) { return "slot", nil },
 			runs:      s.runs,
 			discard:   s.discard,
@@ -104,54 +105,63 @@ func (s *slotFlow) booted() (string, error) {
 	return name, nil
 }
 
-// sink picks the inactive slot, proves the bootloader environment readable and writable (the
-// canary) and opens the slot for the download to write into directly.
-func (s *slotFlow) sink(j *ota.Journal, i int) (sinkCloser, error) {
+// prepare picks the inactive slot, proves the bootloader environment readable and writable
+// (the canary) and returns the slot's path and the running slot's.
+func (s *slotFlow) prepare(j *ota.Journal, i int) (path, active string, err error) {
 	ctx := context.Background() // the tools run under their own timeout
 	if i != 0 {
-		return nil, reason.Errorf(reason.InvalidDocument, "a slot job carries exactly one file")
+		return "", "", reason.Errorf(reason.InvalidDocument, "a slot job carries exactly one file")
 	}
 	booted, err := s.booted()
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
 	bl := s.bootloader()
 	st, err := slot.ReadStatus(ctx, bl)
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
 	// The environment must boot what runs, with no trial pending: anything else means it is
 	// not the environment the bootloader uses, and a trial set now could boot the wrong slot.
 	if err := slot.CheckBooted(st, booted); err != nil {
-		return nil, err
+		return "", "", err
 	}
 	target := slot.Other(booted)
 	if j.Slot != "" && j.Slot != target {
-		return nil, reason.Errorf(reason.InstallFailed, "the journal writes slot %s but the device booted it", j.Slot)
+		return "", "", reason.Errorf(reason.InstallFailed, "the journal writes slot %s but the device booted it", j.Slot)
 	}
 	if err := slot.Canary(ctx, bl, target); err != nil {
-		return nil, err
+		return "", "", err
 	}
 	j.Slot = target
 	if j.Data == nil {
 		j.Data = map[string]string{}
 	}
 	j.Data["bootedSlot"] = booted
-	path := s.pair().Path(target)
+	path = s.pair().Path(target)
+	// Verification and the read-back find the payload where it was written.
+	j.Staged[i].Path = path
+	s.a.log.Info("writing the inactive slot", "job", j.JobID, "slot", target, "device", path)
+	return path, s.pair().Path(booted), nil
+}
+
+// sink opens the prepared inactive slot for the download to write into directly.
+func (s *slotFlow) sink(j *ota.Journal, i int) (sinkCloser, error) {
+	path, _, err := s.prepare(j, i)
+	if err != nil {
+		return nil, err
+	}
 	f, err := slot.OpenTarget(path, j.Staged[i].Size)
 	if err != nil {
 		return nil, err
 	}
-	// Verification and the read-back find the payload where it was written.
-	j.Staged[i].Path = path
-	s.a.log.Info("downloading into the inactive slot", "job", j.JobID, "slot", target, "device", path)
 	return f, nil
 }
 
 // runs: the booted slot holds the release's image (read back from the device).
 func (s *slotFlow) runs(ctx context.Context, r *verify.Release) bool {
 	booted, err := s.booted()
-	return err == nil && len(r.Files) == 1 && sameBytes(ctx, s.pair().Path(booted), r.Files[0].Size, r.Files[0].SHA256)
+	return err == nil && len(r.Files) == 1 && sameBytes(ctx, s.pair().Path(booted), r.Files[0].RawSize(), r.Files[0].RawSHA256())
 }
 
 // discard marks a slot written by a job that ends before its switch as bad, and makes sure the
@@ -175,6 +185,9 @@ func (s *slotFlow) details(j *ota.Journal, stage string, extra map[string]string
 	d := details(j, stage, extra)
 	if j.Slot != "" {
 		d["slot"] = j.Slot
+	}
+	if v := j.Data[dataDelta]; v != "" {
+		d["delta"] = v // what the delta install saved, or why it downloaded in full
 	}
 	return d
 }
@@ -221,15 +234,15 @@ func (s *slotFlow) install(ctx context.Context, j *ota.Journal) (ota.Event, erro
 	if err != nil {
 		return s.fail(j, "install", err, nil), nil
 	}
-	img := jb.rel.Files[0]
-	if err := slot.ReadBack(ctx, s.pair().Path(j.Slot), img.Size, hex.EncodeToString(img.SHA256)); err != nil {
+	img := jb.rel.Files[0] // a compressed image: its signed raw size and digest
+	if err := slot.ReadBack(ctx, s.pair().Path(j.Slot), img.RawSize(), hex.EncodeToString(img.RawSHA256())); err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
 		// The environment is untouched: the device keeps booting the old slot.
 		return s.fail(j, "install", err, nil), nil
 	}
-	if _, err := s.a.verifier().CheckPayload(jb.rel, 0, img.SHA256, img.Size, s.a.now()); err != nil {
+	if _, err := s.a.verifier().CheckInstalled(jb.rel, 0, img.RawSHA256(), img.RawSize(), s.a.now()); err != nil {
 		return s.fail(j, "install", err, nil), nil // a codesign-only image: its signature, again
 	}
 	if err := slot.TryBoot(ctx, bl, j.Slot, s.cfg.BootAttempts); err != nil {

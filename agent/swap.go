@@ -132,7 +132,7 @@ func (a *Agent) signedSum(j *ota.Journal) ([]byte, *job, error) {
 	if len(jb.rel.Files) != 1 {
 		return nil, nil, reason.Errorf(reason.Internal, "binary release with %d files", len(jb.rel.Files))
 	}
-	return jb.rel.Files[0].SHA256, jb, nil
+	return jb.rel.Files[0].RawSHA256(), jb, nil // what is swapped in: the decompressed binary
 }
 
 // stagedSum is the digest the journal recorded for the staged binary: used only to undo a swap

@@ -48,6 +48,18 @@ type RangesConfig struct {
 	RetryWaitMax time.Duration // default 30 s
 	Stall        time.Duration // no byte for this long → reconnect (default 30 s)
 
+	// MinSpeed (bytes per second, 0 = off) is Download's slow-retrieval watchdog, per range: a
+	// connection that brings fewer than MinSpeed·MinSpeedWindow bytes in a MinSpeedWindow
+	// (default 60 s) is dropped and the range asked for again from the byte reached; MaxSlow
+	// (default 3) such windows in a row end it DOWNLOAD_TOO_SLOW.
+	MinSpeed       int64
+	MinSpeedWindow time.Duration
+	MaxSlow        int
+
+	// Policy, if set, is applied to the URL, every fresh URL, every redirect and every address
+	// connected to (with the default client): HOST_NOT_ALLOWED otherwise.
+	Policy *Policy
+
 	Progress   func(bytes int64) // body bytes received, called after each read; keep it quick
 	HTTPClient *http.Client
 	TLSConfig  *tls.Config
@@ -86,6 +98,15 @@ func NewRanges(cfg RangesConfig) (*Ranges, error) {
 	if cfg.Stall <= 0 {
 		cfg.Stall = defaultStall
 	}
+	if cfg.MinSpeedWindow <= 0 {
+		cfg.MinSpeedWindow = time.Minute
+	}
+	cfg.MaxSlow = orInt(cfg.MaxSlow, 3)
+	if cfg.Policy != nil {
+		if err := cfg.Policy.Check(cfg.URL); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
 	}
@@ -101,12 +122,13 @@ func NewRanges(cfg RangesConfig) (*Ranges, error) {
 		if cfg.TLSConfig != nil {
 			tr.TLSClientConfig = cfg.TLSConfig.Clone()
 		}
-		hc = &http.Client{Transport: tr, CheckRedirect: noDowngrade}
+		tr.DialContext = cfg.Policy.dialContext()
+		hc = &http.Client{Transport: tr, CheckRedirect: cfg.Policy.checkRedirect}
 		r.closer = tr.CloseIdleConnections
 	}
 	r.rc = &retryablehttp.Client{
 		HTTPClient: hc, RetryWaitMin: cfg.RetryWaitMin, RetryWaitMax: cfg.RetryWaitMax, RetryMax: cfg.Retries,
-		CheckRetry: retryablehttp.DefaultRetryPolicy, Backoff: r.backoff, ErrorHandler: retryablehttp.PassthroughErrorHandler,
+		CheckRetry: checkRetry, Backoff: r.backoff, ErrorHandler: retryablehttp.PassthroughErrorHandler,
 		RequestLogHook: func(_ retryablehttp.Logger, req *http.Request, attempt int) {
 			r.stats.Requests++
 			if attempt > 0 {
@@ -143,6 +165,7 @@ type rangeReader struct {
 	err     error
 	tries   int // requests in a row without a byte gained
 	refresh int
+	slow    int // connections in a row dropped by the speed watchdog
 }
 
 func (rr *rangeReader) Read(p []byte) (int, error) {
@@ -164,6 +187,7 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 		k, err := rr.resp.Body.Read(p[:want])
 		if k > 0 {
 			rr.wd.kick()
+			rr.wd.bytes.Add(int64(k))
 			rr.got += int64(k)
 			rr.r.stats.BytesOnWire += int64(k)
 			rr.tries, rr.refresh = 0, 0
@@ -179,6 +203,17 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 			if rr.ctx.Err() != nil {
 				rr.err = rr.ctx.Err()
 				return k, rr.err
+			}
+			if errors.Is(cause, errTooSlow) {
+				rr.slow++
+				if rr.slow >= rr.r.cfg.MaxSlow {
+					rr.err = reason.Errorf(reason.DownloadTooSlow, "%s: below %d bytes/s for %d windows of %s in a row (bytes %d-%d)",
+						rr.r.obj, rr.r.cfg.MinSpeed, rr.slow, rr.r.cfg.MinSpeedWindow, rr.off+rr.got, rr.off+rr.n-1)
+					rr.r.log.Error("ranges: failed", "url", rr.r.obj, "err", rr.err)
+					return k, rr.err
+				}
+			} else {
+				rr.slow = 0
 			}
 			rr.r.log.Warn("ranges: connection lost, asking for the rest", "url", rr.r.obj, "offset", rr.off+rr.got, "err", scrub(cause))
 		}
@@ -246,6 +281,9 @@ func (rr *rangeReader) connect() error {
 			if rr.ctx.Err() != nil {
 				return rr.ctx.Err()
 			}
+			if refusedByPolicy(err) {
+				return fail(reason.HostNotAllowed, "%w", scrub(err))
+			}
 			return fail(reason.DownloadFailed, "%w", scrub(err))
 		}
 		etag := strongETag(resp.Header.Get("ETag"))
@@ -301,6 +339,11 @@ func (rr *rangeReader) connect() error {
 				}
 				return fail(reason.DownloadFailed, "refresh: %w", scrub(err))
 			}
+			if r.cfg.Policy != nil {
+				if err := r.cfg.Policy.Check(fresh); err != nil {
+					return err
+				}
+			}
 			if Redact(fresh) != r.obj {
 				r.log.Warn("ranges: fresh URL names another object", "url", r.obj, "fresh", Redact(fresh))
 			}
@@ -317,6 +360,9 @@ func (rr *rangeReader) connect() error {
 func (rr *rangeReader) start(resp *http.Response, cancel context.CancelCauseFunc) {
 	rr.resp, rr.cancel = resp, cancel
 	rr.wd = newWatchdog(rr.r.cfg.Clock, rr.r.cfg.Stall, cancel)
+	if rr.r.cfg.MinSpeed > 0 {
+		rr.wd.watchSpeed(rr.r.cfg.MinSpeed, rr.r.cfg.MinSpeedWindow)
+	}
 }
 
 // backoff is Download's: exponential with jitter, Retry-After honoured up to 10 minutes.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,6 +83,98 @@ func TestRangesRefuseWhatIsNotTheirObject(t *testing.T) {
 			}
 			if !errors.Is(err, tc.code) {
 				t.Fatalf("got %v, want %s", err, tc.code)
+			}
+		})
+	}
+}
+
+// TestRangesTrickleServerFailsTooSlow is the slow-retrieval attack on a ranged read (a
+// compressed install, a delta's frames): a server that keeps sending a little never trips the
+// stall watchdog; the speed watchdog drops each slow connection, asks again from the byte
+// reached, and ends it DOWNLOAD_TOO_SLOW after MaxSlow windows.
+func TestRangesTrickleServerFailsTooSlow(t *testing.T) {
+	fx := artifact.New(t)
+	data := artifact.Image(1<<20, 5)
+	obj := fx.Put(t, "slow.bin", data)
+	fx.Srv.SetFaults(obj, s3.Faults{RateBytesPerSec: 20000})
+	r, err := download.NewRanges(download.RangesConfig{URL: fx.URL(obj), Size: int64(len(data)), RetryWaitMin: time.Millisecond,
+		RetryWaitMax: 5 * time.Millisecond, Stall: 5 * time.Second, MinSpeed: 100 << 10, MinSpeedWindow: 300 * time.Millisecond, MaxSlow: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	t0 := time.Now()
+	_, err = io.ReadAll(r.Open(context.Background(), 0, int64(len(data))))
+	if !errors.Is(err, reason.DownloadTooSlow) {
+		t.Fatalf("got %v, want DOWNLOAD_TOO_SLOW", err)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Fatalf("took %s", took)
+	}
+	fx.WaitIdle(t)
+	if st := fx.Srv.Stats(obj); st.Requests != 3 {
+		t.Fatalf("%d requests: want one per slow window", st.Requests)
+	}
+}
+
+// TestRangesSteadyLinkAboveTheMinimumIsNotCut: the watchdog leaves a link above the minimum alone.
+func TestRangesSteadyLinkAboveTheMinimumIsNotCut(t *testing.T) {
+	fx := artifact.New(t)
+	data := artifact.Image(256<<10, 6)
+	obj := fx.Put(t, "steady.bin", data)
+	fx.Srv.SetFaults(obj, s3.Faults{RateBytesPerSec: 400 << 10})
+	r, err := download.NewRanges(download.RangesConfig{URL: fx.URL(obj), Size: int64(len(data)), RetryWaitMin: time.Millisecond,
+		MinSpeed: 50 << 10, MinSpeedWindow: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got, err := io.ReadAll(r.Open(context.Background(), 0, int64(len(data))))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("%d bytes, %v", len(got), err)
+	}
+}
+
+// TestRangesKeepToTheDownloadPolicy: ranged reads obey download.allowed_hosts as Download does —
+// the URL, a fresh URL and a redirect (the dialler is Download's) — HOST_NOT_ALLOWED, and the other
+// host is never reached.
+func TestRangesKeepToTheDownloadPolicy(t *testing.T) {
+	fx := artifact.New(t)
+	data := artifact.Image(64<<10, 7)
+	obj := fx.Put(t, "p.bin", data)
+	hit := false
+	other := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hit = true }))
+	defer other.Close()
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, strings.Replace(other.URL, "127.0.0.1", "localhost", 1)+"/latest/meta-data/", http.StatusFound)
+	}))
+	defer redirector.Close()
+	lab := &download.Policy{Hosts: []string{"127.0.0.1"}, AllowHTTP: true}
+	for _, tc := range []struct {
+		name    string
+		url     string
+		policy  *download.Policy
+		refresh func(context.Context) (string, error)
+		faults  s3.Faults
+	}{
+		{name: "the URL's host", url: fx.URL(obj), policy: &download.Policy{Hosts: []string{"*.amazonaws.com"}, AllowHTTP: true}},
+		{name: "a redirect to another host", url: redirector.URL + "/o", policy: lab},
+		{name: "a fresh URL on another host", url: fx.URL(obj), policy: lab, faults: s3.Faults{Status: http.StatusForbidden, StatusTimes: 1},
+			refresh: func(context.Context) (string, error) {
+				return strings.Replace(other.URL, "127.0.0.1", "localhost", 1) + "/o", nil
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hit = false
+			fx.Srv.SetFaults(obj, tc.faults)
+			r, err := download.NewRanges(download.RangesConfig{URL: tc.url, Size: int64(len(data)), Policy: tc.policy, Refresh: tc.refresh,
+				Retries: 1, RetryWaitMin: time.Millisecond, RetryWaitMax: 2 * time.Millisecond})
+			if err == nil {
+				defer r.Close()
+				_, err = io.ReadAll(r.Open(context.Background(), 0, 4096))
+			}
+			if !errors.Is(err, reason.HostNotAllowed) || hit {
+				t.Fatalf("got %v (other host reached: %v), want HOST_NOT_ALLOWED", err, hit)
 			}
 		})
 	}

@@ -26,6 +26,8 @@ declare -A need=(
   [debugfs]=e2fsprogs
   # the shipped systemd units are checked against the documented drop-ins
   [systemd-analyze]=systemd
+  # the release tool compresses with the reference zstd -19 (fieldota job --compress)
+  [zstd]=zstd
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fieldota/fieldota/ota/names"
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/ota/zimage"
 )
 
 // Target says which installer a release is for.
@@ -52,12 +53,32 @@ type Release struct {
 // File is one file of a release.
 type File struct {
 	Name   string
-	Size   int64
-	SHA256 []byte
+	Size   int64       // the object as stored and downloaded (what the document's plain size copies)
+	SHA256 []byte      // its digest (the document's plain sha256)
 	Mode   fs.FileMode // target files: the permission bits it is placed with (defaulted)
+	// Compressed is the signed manifest of a compressed file (validated); nil when the file is
+	// stored as installed. Installers then take the installed bytes' size and digest from
+	// RawSize and RawSHA256.
+	Compressed *zimage.Manifest
 	// Signature is the detached signature the document carries for it, if any: checked over
 	// the downloaded bytes too.
 	Signature *Signature
+}
+
+// RawSize is the size of the installed bytes: the decompressed size of a compressed file.
+func (f File) RawSize() int64 {
+	if f.Compressed != nil {
+		return f.Compressed.Raw.Size
+	}
+	return f.Size
+}
+
+// RawSHA256 is the digest of the installed bytes: the decompressed digest of a compressed file.
+func (f File) RawSHA256() []byte {
+	if f.Compressed != nil {
+		return f.Compressed.Raw.Sum()
+	}
+	return f.SHA256
 }
 
 // Claims is what a job document states in plain, unsigned fields, with the signature material
@@ -353,6 +374,33 @@ func (ts *TrustStore) CheckPayload(r *Release, i int, digest []byte, size int64,
 			what = "the signed release says"
 		}
 		return vd, reason.Errorf(reason.DigestMismatch, "%s: sha256 %s, %s %s", quote(f.Name), hex.EncodeToString(digest), what, hex.EncodeToString(f.SHA256))
+	}
+	return vd, nil
+}
+
+// CheckInstalled is CheckPayload for the installed bytes of file i — decompressed, staged or
+// written to a slot, re-hashed by the caller: for a compressed file their size and digest must be
+// the signed raw ones, and a detached signature, which covers the object as stored, is checked
+// over the signed stored digest (the same statement binds that object to these bytes: its full
+// part and raw digests were checked as it was decompressed). For any other file it is
+// CheckPayload.
+func (ts *TrustStore) CheckInstalled(r *Release, i int, digest []byte, size int64, now time.Time) (PayloadVerdict, error) {
+	if i < 0 || i >= len(r.Files) || r.Files[i].Compressed == nil {
+		return ts.CheckPayload(r, i, digest, size, now)
+	}
+	f := r.Files[i]
+	if len(digest) != 32 {
+		return PayloadVerdict{}, reason.Errorf(reason.Internal, "%s: digest of %d bytes, want a SHA-256", quote(f.Name), len(digest))
+	}
+	if size != f.RawSize() {
+		return PayloadVerdict{}, reason.Errorf(reason.SizeMismatch, "%s: %d bytes installed, the signed release says %d decompressed", quote(f.Name), size, f.RawSize())
+	}
+	vd, err := ts.CheckPayload(r, i, f.SHA256, f.Size, now)
+	if err != nil {
+		return vd, err
+	}
+	if !bytes.Equal(digest, f.RawSHA256()) {
+		return vd, reason.Errorf(reason.DigestMismatch, "%s: decompressed sha256 %s, the signed release says %s", quote(f.Name), hex.EncodeToString(digest), f.Compressed.Raw.SHA256)
 	}
 	return vd, nil
 }

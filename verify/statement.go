@@ -11,6 +11,7 @@ import (
 
 	"github.com/fieldota/fieldota/ota/names"
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/ota/zimage"
 )
 
 // The release statement: an in-toto Statement in a DSSE envelope, exactly what
@@ -81,10 +82,57 @@ type Predicate struct {
 	Package string `json:"package,omitempty"`
 }
 
-// PredicateFile is the signed description of one file.
+// PredicateFile is the signed description of one file. Size (and the subject's sha256) are
+// the object as stored and downloaded; a compressed file (docs/delta-updates.md) also signs the
+// values of its zimage.Manifest: the installed bytes (raw), the full part a full install reads,
+// the frame size and, for a slot image, the block index of a delta install.
 type PredicateFile struct {
 	Size int64  `json:"size"`
 	Mode string `json:"mode,omitempty"` // target files: octal permission bits
+
+	Compression   string         `json:"compression,omitempty"` // "zstd"; "" = the file is stored as installed
+	Raw           *zimage.Digest `json:"raw,omitempty"`
+	Full          *zimage.Digest `json:"full,omitempty"`
+	FullFrameSize int64          `json:"fullFrameSize,omitempty"`
+	Delta         *zimage.Delta  `json:"delta,omitempty"`
+}
+
+// PredicateFileOf is the predicate entry of a compressed file: the manifest's values, with the
+// stored object's size (the subject carries its sha256).
+func PredicateFileOf(m zimage.Manifest) PredicateFile {
+	raw, full := m.Raw, m.Full
+	var d *zimage.Delta
+	if m.Delta != nil {
+		dd := *m.Delta
+		d = &dd
+	}
+	return PredicateFile{Size: m.Stored.Size, Compression: m.Compression, Raw: &raw, Full: &full, FullFrameSize: m.FullFrameSize, Delta: d}
+}
+
+// manifest is the compressed file's manifest (nil for a file stored as installed), validated:
+// every refusal names the field.
+func (pf PredicateFile) manifest(name string, sum []byte, target Target) (*zimage.Manifest, error) {
+	if pf.Compression == "" {
+		if pf.Raw != nil || pf.Full != nil || pf.FullFrameSize != 0 || pf.Delta != nil {
+			return nil, fmt.Errorf("files.%s: raw, full, fullFrameSize and delta apply to a compressed file only (no compression given)", name)
+		}
+		return nil, nil
+	}
+	if pf.Raw == nil || pf.Full == nil {
+		return nil, fmt.Errorf("files.%s: a compressed file signs raw and full", name)
+	}
+	if pf.Delta != nil && target != TargetSlot {
+		return nil, fmt.Errorf("files.%s.delta: a block index applies to target slot only", name)
+	}
+	m := zimage.Manifest{Compression: pf.Compression, Stored: zimage.Digest{Size: pf.Size, SHA256: hex.EncodeToString(sum)},
+		Raw: *pf.Raw, Full: *pf.Full, FullFrameSize: pf.FullFrameSize, Delta: pf.Delta}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("files.%s: %w", name, err)
+	}
+	if m.Raw.Size > MaxFileSize {
+		return nil, fmt.Errorf("files.%s.raw.size %d out of range", name, m.Raw.Size)
+	}
+	return &m, nil
 }
 
 // ParseStatement reads a Statement and checks its types and predicate strictly. It is only
@@ -178,6 +226,9 @@ func (st *Statement) release(keyID string) (*Release, error) {
 			return nil, bad("files.%s.size %d out of range", clip(s.Name), pf.Size)
 		}
 		f := File{Name: s.Name, Size: pf.Size, SHA256: sum}
+		if f.Compressed, err = pf.manifest(clip(s.Name), sum, r.Target); err != nil {
+			return nil, bad("%w", err)
+		}
 		if pf.Mode != "" {
 			if r.Target != TargetFiles {
 				return nil, bad("files.%s.mode applies to target files only", clip(s.Name))

@@ -32,6 +32,7 @@ type Config struct {
 	Jobs     Jobs     `toml:"jobs"`
 	Verify   Verify   `toml:"verify"`
 	Download Download `toml:"download"`
+	Delta    Delta    `toml:"delta"`
 	Files    Files    `toml:"files"`
 	Slot     Slot     `toml:"slot"`
 	Swap     Swap     `toml:"swap"`
@@ -108,7 +109,26 @@ type Download struct {
 	MinSpeed       int64    `toml:"min_speed_bytes_per_sec"`
 	MinSpeedWindow Duration `toml:"min_speed_window"`
 	MaxSlowWindows int      `toml:"max_slow_windows"`
+	// MaxDecoderWindow bounds the memory a compressed payload's decoder may need (its signed
+	// frame size, to the next power of two; default 64 MiB): a release that needs more is
+	// REJECTED UNSUPPORTED_OPERATION while QUEUED (docs/delta-updates.md).
+	MaxDecoderWindow int64 `toml:"max_decoder_window_bytes"`
 }
+
+// Delta tunes block-reuse delta installs of slot images (docs/delta-updates.md).
+type Delta struct {
+	// Enabled (default true): a slot image with a signed block index is installed by delta;
+	// false: always the full compressed download.
+	Enabled *bool `toml:"enabled"`
+	// MinSaving (default 0.2): fall back to the full download when the delta would save less
+	// than this share of it.
+	MinSaving float64 `toml:"min_saving"`
+	// MaxRequests (default 200): the most ranged GETs a delta may send for its frames.
+	MaxRequests int `toml:"max_requests"`
+}
+
+// On is delta.enabled with its default (true).
+func (d Delta) On() bool { return d.Enabled == nil || *d.Enabled }
 
 // Files configures the files target.
 type Files struct {
@@ -330,6 +350,15 @@ func (c *Config) defaults() {
 	if c.Download.MaxSlowWindows == 0 {
 		c.Download.MaxSlowWindows = 3
 	}
+	if c.Download.MaxDecoderWindow == 0 {
+		c.Download.MaxDecoderWindow = 64 << 20
+	}
+	if c.Delta.MinSaving == 0 {
+		c.Delta.MinSaving = 0.2
+	}
+	if c.Delta.MaxRequests == 0 {
+		c.Delta.MaxRequests = 200
+	}
 	if c.Files.AutoStartTimeout.Duration == 0 {
 		c.Files.AutoStartTimeout.Duration = 5 * time.Minute
 	}
@@ -443,6 +472,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Download.RateLimit > 0 && c.Download.RateLimit < c.Download.MinSpeed {
 		errs = append(errs, fmt.Errorf("download.rate_limit_bytes_per_sec %d is below download.min_speed_bytes_per_sec %d: every download would be cut as too slow", c.Download.RateLimit, c.Download.MinSpeed))
+	}
+	if c.Download.MaxDecoderWindow < 1<<20 {
+		errs = append(errs, fmt.Errorf("download.max_decoder_window_bytes %d is below 1 MiB: no compressed release could be decoded", c.Download.MaxDecoderWindow))
+	}
+	if c.Delta.MinSaving <= 0 || c.Delta.MinSaving >= 1 {
+		errs = append(errs, fmt.Errorf("delta.min_saving %g outside (0, 1)", c.Delta.MinSaving))
+	}
+	if c.Delta.MaxRequests < 1 || c.Delta.MaxRequests > 10000 {
+		errs = append(errs, fmt.Errorf("delta.max_requests %d outside 1–10000", c.Delta.MaxRequests))
 	}
 	for _, h := range c.Download.AllowedHosts {
 		if !hostPattern(h) {

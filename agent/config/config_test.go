@@ -23,7 +23,8 @@ func TestShippedExampleLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ThingName == "" || c.MQTT.ClientID != c.ThingName || c.Health.Timeout.Duration != 5*time.Minute {
+	if c.ThingName == "" || c.MQTT.ClientID != c.ThingName || c.Health.Timeout.Duration != 5*time.Minute ||
+		!c.Delta.On() || c.Delta.MinSaving != 0.2 || c.Delta.MaxRequests != 200 || c.Download.MaxDecoderWindow != 64<<20 {
 		t.Fatalf("%+v", c)
 	}
 }
@@ -45,6 +46,9 @@ func TestConfigRefusals(t *testing.T) {
 		{"host wildcard in the middle", base + "[download]\nallowed_hosts = [\"s3.*.amazonaws.com\"]\n", "allowed_hosts"},
 		{"run_as without roots", base + "[files]\nrun_as = \"ec2-user\"\n", "run_as"},
 		{"swap.name a path", base + "[swap]\nname = \"../sudo\"\n", "swap.name"},
+		{"decoder window too small", base + "[download]\nmax_decoder_window_bytes = 4096\n", "max_decoder_window_bytes"},
+		{"delta saving of a whole", base + "[delta]\nmin_saving = 1.5\n", "delta.min_saving"},
+		{"delta without requests", base + "[delta]\nmax_requests = -1\n", "delta.max_requests"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

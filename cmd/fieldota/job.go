@@ -19,6 +19,7 @@ func newJobCmd() *cobra.Command {
 		files, urls, presigns                   []string
 		noCopies                                bool
 		rel                                     releaseFlags
+		comp                                    compressFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "job --key KEY --file FILE (--url URL | --presign S3URL) --version V [flags]",
@@ -32,7 +33,13 @@ FreeRTOS sig-sha256-ecdsa) over its bytes.
 
 --presign s3URL writes the AWS placeholder ${aws:iot:s3-presigned-url:s3URL}, which AWS IoT (or
 'fieldota sim') expands into a presigned URL on every delivery; --url writes a URL as given.
-Repeat --file with one --url or --presign each, in the same order.`,
+Repeat --file with one --url or --presign each, in the same order.
+
+--compress zstd stores each file as one zstd object (FILE.zst; upload it where its URL points):
+the statement signs the object's size and digest and the installed (decompressed) ones, and
+devices decompress while downloading. --delta (target slot) adds a block index and small frames
+to the same object, so that a device fetches only the blocks its slots lack (docs/delta-updates.md).
+The reference zstd -19 compresses when installed, the pure-Go encoder otherwise (said on stderr).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 || len(urls)+len(presigns) != len(files) || (len(urls) > 0 && len(presigns) > 0) {
@@ -50,8 +57,12 @@ Repeat --file with one --url or --presign each, in the same order.`,
 			for _, p := range presigns {
 				u = append(u, "${aws:iot:s3-presigned-url:"+p+"}")
 			}
+			prepared, err := comp.prepare(cmd.Context(), cmd.ErrOrStderr(), files, rel.target, comp.objectsDir)
+			if err != nil {
+				return err
+			}
 			doc, _, err := buildJobDocument(jobSpec{Key: key, Algorithm: a, SignatureFormat: sigFormat, CertChain: chainPath,
-				Files: files, URLs: u, Release: rel, NoCopies: noCopies})
+				Files: files, Prepared: prepared, URLs: u, Release: rel, NoCopies: noCopies})
 			if err != nil {
 				return err
 			}
@@ -72,6 +83,7 @@ Repeat --file with one --url or --presign each, in the same order.`,
 	f.BoolVar(&noCopies, "no-plain-copies", false, "leave out the plain copies of the signed values (version, target, sizes…)")
 	f.StringVarP(&out, "out", "o", "-", "where to write the document (- = stdout)")
 	rel.add(cmd, "release version (required)")
+	comp.add(cmd, "with --compress: write the objects here (default: beside each file, as FILE.zst); upload them where the URLs point")
 	_ = cmd.MarkFlagRequired("key")
 	_ = cmd.MarkFlagRequired("version")
 	return cmd

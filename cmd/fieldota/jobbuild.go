@@ -21,8 +21,10 @@ type jobSpec struct {
 	SignatureFormat string // codesign (default), freertos or none: the detached signature per file
 	CertChain       string // PEM chain of the key for codesign objects, "" = none
 	Files           []string
-	URLs            []string // one per file, as written in the document (a URL or a placeholder)
-	Release         releaseFlags
+	// Prepared, when set, are the files as stored (compressFlags.prepare) instead of Files.
+	Prepared []releaseFile
+	URLs     []string // one per file, as written in the document (a URL or a placeholder)
+	Release  releaseFlags
 	// NoCopies leaves the plain copies of the signed values out of the document (a device
 	// reads them only to check they agree).
 	NoCopies bool
@@ -32,15 +34,21 @@ type jobSpec struct {
 // buildJobDocument signs the files and the release statement and writes the document. Every
 // document carries the statement: a device acts on nothing else.
 func buildJobDocument(s jobSpec) ([]byte, *verify.Release, error) {
-	if len(s.Files) == 0 || len(s.URLs) != len(s.Files) {
+	files := s.Prepared
+	if files == nil {
+		if len(s.Files) == 0 || len(s.URLs) != len(s.Files) {
+			return nil, nil, usageErr(errors.New("give one URL per file"))
+		}
+		var err error
+		if files, err = digestFiles(s.Files); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(s.URLs) != len(files) {
 		return nil, nil, usageErr(errors.New("give one URL per file"))
 	}
 	if s.Now.IsZero() {
 		s.Now = time.Now()
-	}
-	files, err := digestFiles(s.Files)
-	if err != nil {
-		return nil, nil, err
 	}
 	p, err := s.Release.predicate(files, s.Now)
 	if err != nil {

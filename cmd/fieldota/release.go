@@ -154,6 +154,7 @@ Examples of the rollout flags:
 Exit status: 0 created (or already there), 1 refused by AWS, 2 usage or connection error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec.log = cmd.ErrOrStderr()
 			return runRelease(cmd.Context(), cmd.OutOrStdout(), spec, o)
 		},
 	}
@@ -163,6 +164,7 @@ Exit status: 0 created (or already there), 1 refused by AWS, 2 usage or connecti
 	f.StringArrayVar(&spec.files, "file", nil, "payload file (repeatable)")
 	f.StringVar(&spec.sigFormat, "signature-format", "codesign", "detached signature per file: codesign (AWS object), freertos (sig-sha256-ecdsa) or none")
 	spec.rel.add(cmd, "release version (required)")
+	spec.comp.add(cmd, "with --compress: keep the uploaded objects here (default: a temporary directory)")
 	o.aws.bind(f)
 	f.StringVar(&o.bucket, "bucket", "", "versioned S3 bucket for the payloads")
 	f.StringVar(&o.prefix, "prefix", "", "key prefix in the bucket (default JOB_ID/)")
@@ -292,6 +294,8 @@ type releaseInput struct {
 	keyPath, alg, sigFormat string
 	files                   []string
 	rel                     releaseFlags
+	comp                    compressFlags
+	log                     io.Writer // progress of the compression (stderr)
 }
 
 func runRelease(ctx context.Context, out io.Writer, spec releaseInput, o releaseOpts) error {
@@ -352,13 +356,28 @@ func isNotFound(err error) bool {
 }
 
 func (r *releaser) run(ctx context.Context, spec releaseInput, o releaseOpts, req jobsim.CreateJobInput) error {
-	digests := map[string]string{}
-	for _, p := range spec.files {
-		d, err := fileSHA256(p)
+	// What is uploaded: the files, or their compressed objects (built deterministically, so a
+	// re-run finds them already uploaded).
+	objDir := spec.comp.objectsDir
+	if spec.comp.on() && objDir == "" {
+		d, err := os.MkdirTemp("", "fieldota-release-")
 		if err != nil {
 			return ioErr(err)
 		}
-		digests[filepath.Base(p)] = d
+		defer os.RemoveAll(d)
+		objDir = d
+	}
+	log := spec.log
+	if log == nil {
+		log = io.Discard
+	}
+	prepared, err := spec.comp.prepare(ctx, log, spec.files, spec.rel.target, objDir)
+	if err != nil {
+		return err
+	}
+	digests := map[string]string{}
+	for _, f := range prepared {
+		digests[f.name] = hex.EncodeToString(f.digest)
 	}
 	// 1. Idempotence: an existing job with this id must be this release; then nothing is done.
 	if r.dryRun {
@@ -398,11 +417,10 @@ func (r *releaser) run(ctx context.Context, spec releaseInput, o releaseOpts, re
 	if err != nil {
 		return usageErr(err)
 	}
-	s := jobSpec{Key: key, Algorithm: alg, SignatureFormat: spec.sigFormat, Files: spec.files, Release: spec.rel}
-	for _, p := range spec.files {
-		name := filepath.Base(p)
-		objKey := path.Join(o.prefix, name)
-		version, err := r.upload(ctx, o.bucket, objKey, p, digests[name])
+	s := jobSpec{Key: key, Algorithm: alg, SignatureFormat: spec.sigFormat, Files: spec.files, Prepared: prepared, Release: spec.rel}
+	for _, f := range prepared {
+		objKey := path.Join(o.prefix, filepath.Base(f.path)) // FILE, or FILE.zst
+		version, err := r.upload(ctx, o.bucket, objKey, f.path, digests[f.name])
 		if err != nil {
 			return err
 		}

@@ -149,6 +149,17 @@ func (e *rolloutEnv) statusArgs(jobID string, extra ...string) []string {
 	return append([]string{"rollout", "status", jobID, "--endpoint-url", e.sim.HTTPURL()}, extra...)
 }
 
+// puts counts the PUT requests the emulator's S3 answered.
+func (e *rolloutEnv) puts() int {
+	n := 0
+	for _, r := range e.sim.Artifacts().Requests() {
+		if r.Method == "PUT" {
+			n++
+		}
+	}
+	return n
+}
+
 func (e *rolloutEnv) kinds(kind string) []jobsim.Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -262,15 +273,7 @@ func TestReleaseRerunCreatesNothingAndTheVersionPinHolds(t *testing.T) {
 	if out, code := runCLI(t, ctx, args...); code != 0 {
 		t.Fatalf("first release (%d):\n%s", code, out)
 	}
-	puts := func() int {
-		n := 0
-		for _, r := range e.sim.Artifacts().Requests() {
-			if r.Method == "PUT" {
-				n++
-			}
-		}
-		return n
-	}
+	puts := e.puts
 	before := puts()
 	out, code := runCLI(t, ctx, args...)
 	if code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
@@ -362,5 +365,39 @@ func TestReleaseWithAPackageRegistersTheVersionAndJobsWritesPackage(t *testing.T
 	}
 	if app, _ := doc.Reported["app"].(map[string]any); app["version"] != "2.0.0" {
 		t.Fatalf("$package reported %v", doc.Reported)
+	}
+}
+
+// TestReleaseCompressedUploadsTheObjectAndDevicesInstallTheRawBinary: `release --compress zstd`
+// builds the object, uploads it (app.zst) instead of the file, signs its manifest; real agents
+// decompress it into the binary; a re-run builds the same object and uploads nothing.
+func TestReleaseCompressedUploadsTheObjectAndDevicesInstallTheRawBinary(t *testing.T) {
+	e := newRolloutEnv(t, 2, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	content := strings.Repeat("release 2.0.0, compressed\n", 4000)
+	args := e.releaseArgs(e.payload(t, content), "fw-z", "--compress", "zstd")
+	out, code := cli(t, ctx, args...)
+	if code != 0 || !strings.Contains(out, "s3://releases/fw-z/app.zst: uploaded") {
+		t.Fatalf("release (%d):\n%s", code, out)
+	}
+	puts := e.puts
+	before := puts()
+	if out, code := cli(t, ctx, args...); code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
+		t.Fatalf("re-run (%d, %d PUTs, was %d):\n%s", code, puts(), before, out)
+	}
+	f := e.startFleet(t, 2, nil)
+	if out, code := cli(t, ctx, e.statusArgs("fw-z", "--watch", "--interval", "100ms")...); code != 0 {
+		t.Fatalf("rollout status (%d):\n%s", code, out)
+	}
+	for _, d := range f.Devices {
+		if got, _ := d.Installed(); got != strings.TrimSpace(content) {
+			t.Fatalf("%s installed %d bytes, want the %d raw bytes", d.Thing, len(got), len(content))
+		}
+	}
+	for _, r := range e.sim.Artifacts().Requests() {
+		if r.Method == "GET" && r.Object != "" && r.Object != "releases/fw-z/app.zst" {
+			t.Fatalf("devices fetched %s, want the object", r.Object)
+		}
 	}
 }

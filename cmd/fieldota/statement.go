@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fieldota/fieldota/ota/names"
+	"github.com/fieldota/fieldota/ota/zimage"
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 	"github.com/spf13/cobra"
@@ -49,12 +50,14 @@ func (r *releaseFlags) add(cmd *cobra.Command, versionHelp string) {
 	f.StringVar(&r.pkg, "package", "", "the Software Package Catalog name devices report this release under in their $package shadow (signed)")
 }
 
-// releaseFile is one file of a release, as signed.
+// releaseFile is one file of a release, as signed: the file itself, or its compressed object
+// (compress.go) with the manifest the statement signs.
 type releaseFile struct {
-	path   string
-	name   string
-	size   int64
-	digest []byte
+	path     string // what is uploaded
+	name     string // what is installed
+	size     int64
+	digest   []byte
+	manifest *zimage.Manifest
 }
 
 func digestFiles(paths []string) ([]releaseFile, error) {
@@ -99,7 +102,12 @@ func (r *releaseFlags) predicate(files []releaseFile, now time.Time) (verify.Pre
 		if _, dup := p.Files[f.name]; dup {
 			return p, fmt.Errorf("two files are named %s", f.name)
 		}
-		p.Files[f.name] = verify.PredicateFile{Size: f.size, Mode: mode}
+		pf := verify.PredicateFile{Size: f.size}
+		if f.manifest != nil {
+			pf = verify.PredicateFileOf(*f.manifest)
+		}
+		pf.Mode = mode
+		p.Files[f.name] = pf
 	}
 	return p, nil
 }

@@ -5,6 +5,8 @@ package main
 // 1 = refused (the reason code is printed), 2 = usage or I/O error.
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/fieldota/fieldota/ota/jobdoc"
 	"github.com/fieldota/fieldota/ota/reason"
+	"github.com/fieldota/fieldota/ota/zimage"
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 	"github.com/spf13/cobra"
@@ -36,7 +39,9 @@ func newVerifyCmd() *cobra.Command {
 		Short: "Verify files against a job document or a detached signature (exit 0 ok, 1 refused)",
 		Long: `Verify as a device would. With --job: the release statement (trusted key, the plain fields
 only copies of the signed ones), the policy (expiry, --installed-version, --device-compatible),
-then each FILE against its signed size and SHA-256 and its codesign object. With --signature: a
+then each FILE against its signed size and SHA-256 and its codesign object; a compressed FILE
+(the object) is checked whole against its signed manifest: frames, raw image, block index and
+delta frames. With --signature: a
 detached signature (cosign sign-blob style) over FILE, and --attestation if given.
 
 Prints what was checked, or REFUSED <REASON>: <why>; exit status 0 accepted, 1 refused, 2 usage
@@ -126,6 +131,12 @@ func verifyJob(w io.Writer, ts *verify.TrustStore, pol verify.Policy, compatChec
 		if err != nil {
 			return ioErr(err)
 		}
+		if m := rel.Files[i].Compressed; m != nil {
+			if err := verifyObject(w, ts, rel, i, p, digest, size, pol); err != nil {
+				return err
+			}
+			continue
+		}
 		pv, err := ts.CheckPayload(rel, i, digest, size, pol.Now)
 		if err != nil {
 			return refusedErr(err)
@@ -170,6 +181,43 @@ func verifyDetached(w io.Writer, ts *verify.TrustStore, pol verify.Policy, compa
 		what += "; release " + describeRelease(vd.Release)
 	}
 	fmt.Fprintf(w, "OK %s: %s%s\n", in.Name, what, note)
+	return nil
+}
+
+// verifyObject checks a compressed file of the release offline, as a device would read it: the
+// object's size, digest and detached signature, then every part against the signed manifest
+// (zimage.Verify: the full part's frames and digest, the raw image it decompresses to, the index
+// and every delta frame against its block hashes). Given the decompressed image instead, it
+// checks that against the signed raw size and digest.
+func verifyObject(w io.Writer, ts *verify.TrustStore, rel *verify.Release, i int, path string, digest []byte, size int64, pol verify.Policy) error {
+	f := rel.Files[i]
+	m := f.Compressed
+	if size == m.Raw.Size && bytes.Equal(digest, m.Raw.Sum()) {
+		pv, err := ts.CheckInstalled(rel, i, digest, size, pol.Now)
+		if err != nil {
+			return refusedErr(err)
+		}
+		fmt.Fprintf(w, "OK %s: the decompressed image, %d bytes, sha256 %x as %s%s (give the object to check its frames and index)\n",
+			f.Name, size, digest, signedBy(rel), codesignNote(pv))
+		return nil
+	}
+	pv, err := ts.CheckPayload(rel, i, digest, size, pol.Now)
+	if err != nil {
+		return refusedErr(err)
+	}
+	obj, err := os.Open(path)
+	if err != nil {
+		return ioErr(err)
+	}
+	defer obj.Close()
+	if err := zimage.Verify(context.Background(), obj, *m, os.TempDir()); err != nil {
+		return refusedErr(err)
+	}
+	what := fmt.Sprintf("decompresses to %d bytes, sha256 %s; full part %d bytes in %d frames of %d", m.Raw.Size, m.Raw.SHA256, m.Full.Size, m.Frames(), m.FullFrameSize)
+	if d := m.Delta; d != nil {
+		what += fmt.Sprintf("; block index and %d delta frames checked (%d-byte blocks)", d.DeltaFrames(m.Raw.Size), d.BlockSize)
+	}
+	fmt.Fprintf(w, "OK %s: %d-byte %s object, sha256 %x as %s%s; %s\n", f.Name, size, m.Compression, digest, signedBy(rel), codesignNote(pv), what)
 	return nil
 }
 

@@ -176,3 +176,22 @@ func TestVerifyChecksEveryPartOffline(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyRefusesAFrameSizeTheObjectDoesNotHave: the manifest signs 128 KiB frames for an
+// object built with 256 KiB ones; every digest matches, and the full part decodes to the raw
+// image, but a device would refuse the first frame (it declares more than its share): so does
+// Verify, with the device's reason. A smaller claim the other way is a size mismatch.
+func TestVerifyRefusesAFrameSizeTheObjectDoesNotHave(t *testing.T) {
+	raw := testImage(1<<20, 6)
+	obj, m := build(t, raw, Options{FullFrameSize: 256 << 10, Encoder: GoEncoder{Level: zstd.SpeedDefault}})
+	for _, tc := range []struct {
+		frame int64
+		want  reason.Code
+	}{{128 << 10, reason.DecompressionBomb}, {512 << 10, reason.SizeMismatch}} {
+		mm := m
+		mm.FullFrameSize = tc.frame
+		if err := Verify(context.Background(), bytes.NewReader(obj), mm, t.TempDir()); !errors.Is(err, tc.want) {
+			t.Fatalf("frames of %d signed: got %v, want %s", tc.frame, err, tc.want)
+		}
+	}
+}

@@ -30,6 +30,9 @@ func Verify(ctx context.Context, obj io.ReaderAt, m Manifest, tmpDir string) err
 	if got, err := sumRange(obj, 0, m.Full.Size); err != nil || got != m.Full.SHA256 {
 		return bad("full part: sha256 %s, signed %s (%v)", got, m.Full.SHA256, err)
 	}
+	if err := checkFullFrames(obj, m); err != nil {
+		return err
+	}
 	dec, err := zstd.NewReader(bufio.NewReader(io.NewSectionReader(obj, 0, m.Full.Size)), zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxWindow(uint64(2*m.FullFrameSize)))
 	if err != nil {
@@ -110,6 +113,41 @@ func Verify(ctx context.Context, obj io.ReaderAt, m Manifest, tmpDir string) err
 		}
 	}
 	return nil
+}
+
+// checkFullFrames walks the full part's frame headers as the device's install does: each frame a
+// zstd frame (no dictionary, no skippable frame), declaring exactly its share of the raw size at
+// the signed frame size, with a window no larger than that, and nothing after the last.
+func checkFullFrames(obj io.ReaderAt, m Manifest) error {
+	fr := NewFrameReader(bufio.NewReader(io.NewSectionReader(obj, 0, m.Full.Size)))
+	wcap := windowFor(int(m.FullFrameSize))
+	for i, left := int64(0), m.Raw.Size; ; i++ {
+		h, body, err := fr.Next()
+		if errors.Is(err, io.EOF) {
+			if left != 0 {
+				return reason.Errorf(reason.SizeMismatch, "full part: %d frames hold %d bytes less than the signed raw size %d", i, left, m.Raw.Size)
+			}
+			return nil
+		}
+		if err != nil {
+			return reason.Errorf(reason.DigestMismatch, "full part: frame %d: %v", i, err)
+		}
+		want := min(m.FullFrameSize, left)
+		switch {
+		case h.Skippable() || h.HasDictionary:
+			return reason.Errorf(reason.DigestMismatch, "full part: frame %d is skippable or needs a dictionary", i)
+		case h.ContentSize > want:
+			return reason.Errorf(reason.DecompressionBomb, "full part: frame %d declares %d raw bytes, %d are left of the signed %d at frames of %d", i, h.ContentSize, want, m.Raw.Size, m.FullFrameSize)
+		case h.ContentSize != want:
+			return reason.Errorf(reason.SizeMismatch, "full part: frame %d declares %d raw bytes, want %d (signed frames of %d)", i, h.ContentSize, want, m.FullFrameSize)
+		case h.WindowSize > int64(wcap):
+			return reason.Errorf(reason.DigestMismatch, "full part: frame %d asks for a %d-byte window, the signed frames are %d bytes", i, h.WindowSize, m.FullFrameSize)
+		}
+		if _, err := io.Copy(io.Discard, body); err != nil {
+			return reason.Errorf(reason.DigestMismatch, "full part: frame %d: %v", i, err)
+		}
+		left -= want
+	}
 }
 
 func sumRange(r io.ReaderAt, off, n int64) (string, error) {

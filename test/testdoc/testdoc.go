@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 
 	"github.com/fieldota/fieldota/ota/names"
+	"github.com/fieldota/fieldota/ota/zimage"
 	"github.com/fieldota/fieldota/verify"
 	"github.com/fieldota/fieldota/verify/sign"
 )
@@ -33,6 +34,9 @@ type Doc struct {
 	Expires    string   // RFC 3339, "" = never
 	Package    string   // the signed $package name, "" = none
 	Force      bool     // sign force: reinstall even if already installed
+	// Compressed signs the file as a compressed object (Size and SHA256 are then the stored
+	// object's, as ForCompressed sets them).
+	Compressed *zimage.Manifest
 
 	// NoStatement writes a codesign-only document (AWS Signer style).
 	NoStatement bool
@@ -48,6 +52,11 @@ func For(name string, content []byte, version string) Doc {
 	return Doc{Name: name, Size: int64(len(content)), SHA256: sum[:], Version: version}
 }
 
+// ForCompressed describes a compressed object (ota/zimage) published as name.
+func ForCompressed(name string, m zimage.Manifest, version string) Doc {
+	return Doc{Name: name, Size: m.Stored.Size, SHA256: m.Stored.Sum(), Version: version, Compressed: &m}
+}
+
 // Predicate is the release the document signs.
 func (d Doc) Predicate() verify.Predicate {
 	target, compatible := d.Target, d.Compatible
@@ -59,6 +68,11 @@ func (d Doc) Predicate() verify.Predicate {
 	}
 	p := verify.Predicate{Target: target, Version: d.Version, Compatible: compatible, Expires: d.Expires, Package: d.Package, Force: d.Force,
 		Files: map[string]verify.PredicateFile{d.Name: {Size: d.Size, Mode: d.Mode}}}
+	if d.Compressed != nil {
+		pf := verify.PredicateFileOf(*d.Compressed)
+		pf.Mode = d.Mode
+		p.Files[d.Name] = pf
+	}
 	switch target {
 	case "files":
 		p.WorkingDirectory, p.AutoStart, p.AutoStartRerunnable = d.WorkDir, d.AutoStart, d.Rerunnable
