@@ -377,17 +377,17 @@ func TestReleaseCompressedUploadsTheObjectAndDevicesInstallTheRawBinary(t *testi
 	defer cancel()
 	content := strings.Repeat("release 2.0.0, compressed\n", 4000)
 	args := e.releaseArgs(e.payload(t, content), "fw-z", "--compress", "zstd")
-	out, code := cli(t, ctx, args...)
+	out, code := runCLI(t, ctx, args...)
 	if code != 0 || !strings.Contains(out, "s3://releases/fw-z/app.zst: uploaded") {
 		t.Fatalf("release (%d):\n%s", code, out)
 	}
 	puts := e.puts
 	before := puts()
-	if out, code := cli(t, ctx, args...); code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
+	if out, code := runCLI(t, ctx, args...); code != 0 || !strings.Contains(out, "already exists with this release") || puts() != before {
 		t.Fatalf("re-run (%d, %d PUTs, was %d):\n%s", code, puts(), before, out)
 	}
 	f := e.startFleet(t, 2, nil)
-	if out, code := cli(t, ctx, e.statusArgs("fw-z", "--watch", "--interval", "100ms")...); code != 0 {
+	if out, code := runCLI(t, ctx, e.statusArgs("fw-z", "--watch", "--interval", "100ms")...); code != 0 {
 		t.Fatalf("rollout status (%d):\n%s", code, out)
 	}
 	for _, d := range f.Devices {
