@@ -23,6 +23,8 @@ type sizeReport struct {
 	// sigstore is what the stripped agent grows by when it links sigstore's signature and dsse
 	// packages again (a blank import added with -overlay): what verify through sigstore cost.
 	sigstore int64
+	// http2 is what the stripped agent grows by when built without nethttpomithttp2.
+	http2 int64
 }
 
 type moduleCost struct {
@@ -32,8 +34,11 @@ type moduleCost struct {
 
 const agentPkg = "github.com/fieldota/fieldota/cmd/fieldota-agent"
 
-func goBuild(ctx context.Context, out string, strip bool, extra ...string) (int64, error) {
-	args := []string{"build", "-trimpath", "-o", out}
+// agentTags are the tags `make build` gives the agent (AGENT_TAGS in the Makefile).
+const agentTags = "nethttpomithttp2"
+
+func goBuild(ctx context.Context, out string, strip bool, tags string, extra ...string) (int64, error) {
+	args := []string{"build", "-trimpath", "-tags", tags, "-o", out}
 	if strip {
 		args = append(args, "-ldflags", "-s -w")
 	}
@@ -57,11 +62,11 @@ func agentSize(dir string) (sizeReport, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var err error
-	if r.stripped, err = goBuild(ctx, filepath.Join(dir, "agent-stripped"), true); err != nil {
+	if r.stripped, err = goBuild(ctx, filepath.Join(dir, "agent-stripped"), true, agentTags); err != nil {
 		return r, err
 	}
 	full := filepath.Join(dir, "agent-full")
-	if _, err := goBuild(ctx, full, false); err != nil {
+	if _, err := goBuild(ctx, full, false, agentTags); err != nil {
 		return r, err
 	}
 	// package → module, for every package the agent links
@@ -131,18 +136,23 @@ func agentSize(dir string) (sizeReport, error) {
 	if err := os.WriteFile(overlay, ov, 0o644); err != nil {
 		return r, err
 	}
-	with, err := goBuild(ctx, filepath.Join(dir, "agent-sigstore"), true, "-overlay", overlay)
+	with, err := goBuild(ctx, filepath.Join(dir, "agent-sigstore"), true, agentTags, "-overlay", overlay)
 	if err != nil {
 		return r, err
 	}
 	r.sigstore = with - r.stripped
+	withHTTP2, err := goBuild(ctx, filepath.Join(dir, "agent-http2"), true, "")
+	if err != nil {
+		return r, err
+	}
+	r.http2 = withHTTP2 - r.stripped
 	return r, nil
 }
 
 func (r sizeReport) render() string {
 	var w strings.Builder
 	w.WriteString("## Agent binary\n\n")
-	fmt.Fprintf(&w, "`fieldota-agent` built as `make build` builds it (`CGO_ENABLED=0 go build -trimpath -ldflags '-s -w'`): **%d bytes (%.2f MiB)** stripped.\n\n",
+	fmt.Fprintf(&w, "`fieldota-agent` built as `make build` builds it (`CGO_ENABLED=0 go build -trimpath -tags nethttpomithttp2 -ldflags '-s -w'`): **%d bytes (%.2f MiB)** stripped.\n\n",
 		r.stripped, float64(r.stripped)/(1<<20))
 	w.WriteString("Cost of each module, as the bytes of its symbols (functions, read-only data, data) in an unstripped build of the same code:\n\n")
 	w.WriteString("| module | bytes | share of symbols |\n|---|---|---|\n")
@@ -155,12 +165,15 @@ func (r sizeReport) render() string {
 		"go-securesystemslib/dsse; signing (the `fieldota` CLI) still uses sigstore. `github.com/gorilla/websocket` comes with\n"+
 		"paho, which imports it unconditionally for ws:// brokers (unused here; only a fork of paho could drop it: 155,648 bytes\n"+
 		"stripped, measured once with a patched copy of paho v1.5.1).\n\n", r.sigstore, float64(r.sigstore)/(1<<20))
+	fmt.Fprintf(&w, "Left out by the `nethttpomithttp2` tag: net/http's bundled HTTP/2 (S3 serves presigned downloads over HTTP/1.1 and\n"+
+		"paho dials MQTT itself, so no peer of the agent would speak it): **+%d bytes** stripped when built without the tag.\n\n", r.http2)
 	w.WriteString("Method: the ELF symbol table of the unstripped build (what `go tool nm -size` lists); each sized symbol in a\n" +
 		"section that occupies the file (not .bss/.noptrbss) is attributed to the\n" +
 		"longest import path of the agent's packages (`go list -deps`) its name starts with (after `type:`, `go:itab.` and\n" +
 		"similar prefixes), then to that package's module. The stripped file also holds tables no symbol names (pclntab,\n" +
 		"type links, ELF headers), so the rows sum to less than the file. The sigstore row builds the agent again with\n" +
-		"`-overlay` adding `import _` of both packages and takes the difference in stripped size. Command: `make bench`\n" +
+		"`-overlay` adding `import _` of both packages and takes the difference in stripped size; the HTTP/2 row builds it\n" +
+		"without the tag. Command: `make bench`\n" +
 		"(this section: `agentSize` in test/bench/size.go).\n\n")
 	return w.String()
 }

@@ -297,7 +297,8 @@ func (e *env) run(args ...string) (string, error) {
 func goBuild(repo string, envv []string, out, pkg string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	// The tags `make build` gives the agent (AGENT_TAGS): the board runs the binary we ship.
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), envv...)
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -813,7 +813,7 @@ func deviceImages(repo, imgDir string) error {
 			return err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+v, "-o", filepath.Join(extra, "usr/bin/fieldota-agent"), "./cmd/fieldota-agent")
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w -X main.version="+v, "-o", filepath.Join(extra, "usr/bin/fieldota-agent"), "./cmd/fieldota-agent")
 		cmd.Dir = repo
 		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=arm64", "CGO_ENABLED=0")
 		out2, err := cmd.CombinedOutput()
