@@ -44,11 +44,11 @@ const repo = "../.."
 
 // norunReasons are the only reasons a shell block may give for not running.
 var norunReasons = map[string]string{
-	"aws":    "talks to a real AWS account (aws iot …, KMS): nothing here reaches AWS",
-	"host":   "changes the machine it runs on (installs Go or units, systemctl, block devices): for a person on a device or a fresh machine",
-	"suite":  "is a test suite CI runs itself (make test, make test-device): running it from a test would recurse or run it twice",
-	"cosign": "needs cosign, which Debian does not package (only the interop test builds it, scripts/cosign.sh)",
-	"script": "is a script to install on a device, which the agent runs with FIELDOTA_* in its environment: not a command to type",
+	"aws":       "talks to a real AWS account (aws iot …, KMS): nothing here reaches AWS",
+	"host":      "changes the machine it runs on (installs Go or units, systemctl, block devices): for a person on a device or a fresh machine",
+	"suite":     "is a test suite CI runs itself (make test, make test-device): running it from a test would recurse or run it twice",
+	"cosign":    "needs cosign, which Debian does not package (only the interop test builds it, scripts/cosign.sh)",
+	"script":    "is a script to install on a device, which the agent runs with FIELDOTA_* in its environment: not a command to type",
 	"recording": "needs what a long device test run leaves behind (a kept power-loss recording)",
 }
 
