@@ -131,15 +131,15 @@ func setup() (*env, error) {
 
 	// Host CLI (emulator); guest agent and forwarder for linux/arm64, CGO off.
 	e.fieldota = filepath.Join(dir, "fieldota")
-	if err := goBuild(e.repo, nil, e.fieldota, "./cmd/fieldota"); err != nil {
+	if err := goBuild(e.repo, nil, "", e.fieldota, "./cmd/fieldota"); err != nil {
 		return nil, err
 	}
 	arm := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"}
 	agentBin, fwdBin := filepath.Join(dir, "arm64", "fieldota-agent"), filepath.Join(dir, "arm64", "loopfwd")
-	if err := goBuild(e.repo, arm, agentBin, "./cmd/fieldota-agent"); err != nil {
+	if err := goBuild(e.repo, arm, agentTags, agentBin, "./cmd/fieldota-agent"); err != nil {
 		return nil, err
 	}
-	if err := goBuild(e.repo, arm, fwdBin, "./test/device/cmd/loopfwd"); err != nil {
+	if err := goBuild(e.repo, arm, "", fwdBin, "./test/device/cmd/loopfwd"); err != nil {
 		return nil, err
 	}
 	key, err := sign.GenerateKey("ecdsa-p256")
@@ -294,11 +294,16 @@ func (e *env) run(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func goBuild(repo string, envv []string, out, pkg string) error {
+// agentTags are the tags `make build` gives the agent (AGENT_TAGS): the board runs the binary we
+// ship. A fault-injection build adds its own tag to them (a second -tags flag, or GOFLAGS,
+// would replace them instead).
+const agentTags = "nethttpomithttp2"
+
+// goBuild builds pkg into out with the given build tags ("" for none).
+func goBuild(repo string, envv []string, tags, out, pkg string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	// The tags `make build` gives the agent (AGENT_TAGS): the board runs the binary we ship.
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", out, pkg)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", tags, "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), envv...)
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -83,8 +83,8 @@ func (e *env) faultBoard(t *testing.T, tag string) *board {
 		return b.(*board)
 	}
 	agent := filepath.Join(e.dir, "arm64", "fieldota-agent-"+tag)
-	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64", "GOFLAGS=" + os.Getenv("GOFLAGS") + " -tags=" + tag}
-	if err := goBuild(e.repo, env, agent, "./cmd/fieldota-agent"); err != nil {
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"}
+	if err := goBuild(e.repo, env, agentTags+" "+tag, agent, "./cmd/fieldota-agent"); err != nil {
 		t.Fatal(err)
 	}
 	b := &board{name: tag, slotA: filepath.Join(e.dir, "slot-a-v1-"+tag+".img"),
@@ -112,7 +112,7 @@ type recording struct {
 
 // flowJobs are the three jobs of a recording, in order.
 func (e *env) flowJobs(b *board) ([]judge.Job, map[string]testdoc.Doc) {
-	for name, content := range map[string]string{"hello.txt": helloV2, "hello-" + appVersion: binaryV2} {
+	for name, content := range map[string]string{"hello.txt": helloV2, "hello": binaryV2} {
 		if err := writeFile(filepath.Join(e.artifacts, "bucket", name), content, 0o644); err != nil {
 			panic(err)
 		}
@@ -120,7 +120,7 @@ func (e *env) flowJobs(b *board) ([]judge.Job, map[string]testdoc.Doc) {
 	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
 	files := testdoc.For("hello.txt", []byte(helloV2), appVersion)
 	files.WorkDir, files.Compatible = appDir, []string{boardName}
-	bin := testdoc.For("hello-"+appVersion, []byte(binaryV2), appVersion)
+	bin := testdoc.For("hello", []byte(binaryV2), appVersion)
 	bin.Target, bin.Compatible = "binary", []string{boardName}
 	slot := e.slotDoc("good-v2")
 	digest, size := fileDigest(b.good)
@@ -233,7 +233,7 @@ func (e *env) recordFlows(t *testing.T, b *board) *recording {
 	m := &judge.Manifest{Base: "base.img", Log: "writes.log", SlotA: b.slotA, SlotB: b.good, Layout: layout,
 		Jobs: jobList, Events: r.rec.Events, Docs: r.docs, Payloads: map[string]string{
 			jobList[0].ID: filepath.Join(e.artifacts, "bucket", "hello.txt"),
-			jobList[1].ID: filepath.Join(e.artifacts, "bucket", "hello-"+appVersion)}}
+			jobList[1].ID: filepath.Join(e.artifacts, "bucket", "hello")}}
 	if err := m.Save(r.dir); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func diskLayout(disk []byte) (judge.Layout, error) {
 	}
 	return judge.Layout{Boot: parts[0], SlotA: parts[1], SlotB: parts[2], Data: parts[3],
 		EnvFiles: [2]string{"uboot.env", "uboot-redund.env"}, EnvSize: 0x4000,
-		StateDir: "/fieldota", AppDir: "/app", BootFsck: true}, nil
+		StateDir: "/fieldota", AppDirs: []string{"/app", "/bin"}, BootFsck: true}, nil
 }
 
 // open reads the disk the recording started from and its write log.

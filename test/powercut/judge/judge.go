@@ -37,7 +37,9 @@ type Layout struct {
 	EnvFiles                 [2]string // on the boot partition, copy 0 and copy 1
 	EnvSize                  int
 	StateDir                 string // the agent's state_dir, as a path inside the data file system
-	AppDir                   string // files root and swap target directory, inside the data file system
+	// AppDirs are where the jobs place what they install (the files root, the swapped
+	// binary's directory), as paths inside the data file system.
+	AppDirs []string
 	// BootFsck: the board checks the data partition before it mounts it, as
 	// test/device/guest/slot-init does: `e2fsck -p`, and `e2fsck -y` when that leaves errors
 	// (it repairs a damaged primary superblock from a backup). Without it the judge asks for
@@ -178,7 +180,7 @@ type Observed struct {
 	Checkpoints map[string]string // board path -> "offset N of M" or the parse error
 	Staging     []string          // files under state_dir/staging
 	Temps       []string          // leftovers of durable writes, files and swap installs
-	App         map[string]string // data-fs path under AppDir -> sha256
+	App         map[string]string // data-fs path under an AppDirs entry -> sha256
 	SlotBIntact bool
 	SlotBPrefix int64 // bytes of slot b that match the image from the start
 	SlotAIntact bool
@@ -472,9 +474,7 @@ func (j *Judge) readData(part []byte) (*dataState, error) {
 	// installed.json, read as the agent reads it (a corrupt record is refused, never emptied).
 	ds.installed, ds.installedOK = map[string]string{}, true
 	if b, ok := files[L.StateDir+"/installed.json"]; ok {
-		if err := json.Unmarshal(b, &ds.installed); err != nil {
-			ds.installedOK = false
-		}
+		ds.installed, ds.installedOK = installedVersions(b)
 	}
 	ds.checkpoints, ds.cpOffsets = map[string]string{}, map[string]int64{}
 	ds.app = map[string]string{}
@@ -501,9 +501,11 @@ func (j *Judge) readData(part []byte) (*dataState, error) {
 				ds.cpOffsets[p] = cp.Offset
 			}
 		}
-		if strings.HasPrefix(p, L.AppDir+"/") {
-			sum := sha256.Sum256(b)
-			ds.app[p] = hex.EncodeToString(sum[:])
+		for _, dir := range L.AppDirs {
+			if strings.HasPrefix(p, dir+"/") {
+				sum := sha256.Sum256(b)
+				ds.app[p] = hex.EncodeToString(sum[:])
+			}
 		}
 	}
 	sort.Strings(ds.temps)
@@ -805,4 +807,30 @@ func short(h string) string {
 		return "absent"
 	}
 	return h
+}
+
+// installedVersions reads installed.json as the agent does (agent/installed.go): per target key
+// an entry {"version": …, "signed": …, "files": …}, or the first format's bare version string.
+// A record that does not parse is refused whole, as the agent refuses it.
+func installedVersions(b []byte) (map[string]string, bool) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return map[string]string{}, false
+	}
+	out := map[string]string{}
+	for key, v := range raw {
+		var bare string
+		if json.Unmarshal(v, &bare) == nil {
+			out[key] = bare
+			continue
+		}
+		var e struct {
+			Version string `json:"version"`
+		}
+		if err := json.Unmarshal(v, &e); err != nil {
+			return map[string]string{}, false
+		}
+		out[key] = e.Version
+	}
+	return out, true
 }

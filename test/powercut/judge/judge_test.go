@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -189,7 +190,7 @@ func (b *board) build() (*Recording, []byte) {
 		disk = append(disk, part...)
 		return r
 	}
-	L := Layout{EnvFiles: [2]string{"uboot.env", "uboot-redund.env"}, EnvSize: 0x4000, StateDir: "/fieldota", AppDir: "/app"}
+	L := Layout{EnvFiles: [2]string{"uboot.env", "uboot-redund.env"}, EnvSize: 0x4000, StateDir: "/fieldota", AppDirs: []string{"/app", "/bin"}}
 	L.Boot, L.SlotA, L.SlotB, L.Data = region("boot", boot), region("slot a", slotA), region("slot b", b.slotB), region("data", ext)
 	rec := &Recording{Layout: L, SlotA: slotA, SlotB: b.image, Jobs: []Job{{ID: "job-slot", Target: "slot", Version: "2.0.0", Key: "slot"}}}
 	return rec, disk
@@ -366,7 +367,30 @@ func TestManifestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(rec.SlotA) != "slot a" || string(rec.SlotB) != "slot b" || string(rec.Jobs[0].Payload) != "payload" ||
-		rec.Layout != m.Layout || len(rec.Events) != 1 || rec.Events[0].LogBytes != 7 {
+		!reflect.DeepEqual(rec.Layout, m.Layout) || len(rec.Events) != 1 || rec.Events[0].LogBytes != 7 {
 		t.Fatalf("recording from the manifest: %+v", rec)
+	}
+}
+
+// The judge once read installed.json as bare versions, so every record the agent writes now
+// (an entry per key) read as nothing installed: every succeeded job looked lost.
+func TestJudgeReadsInstalledAsTheAgentWritesIt(t *testing.T) {
+	for _, tc := range []struct {
+		name, record string
+		want         map[string]string
+		ok           bool
+	}{
+		{"entries", `{"slot": {"version": "2.0.0", "signed": true, "files": {"b.img": "ab"}}, "binary:/data/bin/hello": {"version": "1.1", "signed": true, "previous": {"version": "1.0"}}}`,
+			map[string]string{"slot": "2.0.0", "binary:/data/bin/hello": "1.1"}, true},
+		{"first format", `{"slot": "2.0.0"}`, map[string]string{"slot": "2.0.0"}, true},
+		{"torn", `{"slot": {"version": "2.`, map[string]string{}, false},
+		{"entry of the wrong shape", `{"slot": 7}`, map[string]string{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := installedVersions([]byte(tc.record))
+			if ok != tc.ok || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("installedVersions(%s) = %v, %v; want %v, %v", tc.record, got, ok, tc.want, tc.ok)
+			}
+		})
 	}
 }
