@@ -39,11 +39,9 @@ type Config struct {
 	Minute      time.Duration    // one "minute" of step/in-progress timers; 0 = time.Minute
 	Now         func() time.Time // nil = time.Now (timers still fire on the real clock)
 	Logger      *slog.Logger     // nil = discard
-	// OnEvent is called for each job event, before the operation's messages are published, in
-	// order within one operation, from the goroutine that ran it: operations that run at once (a
-	// timer, two devices' requests) call it concurrently, and their events may arrive out of
-	// Time order. It may read (Describe…, List…) but must not create, cancel or delete jobs or
-	// fire timers: those wait for the operation that is calling it.
+	// OnEvent is called for each job event, in order, one call at a time, before the operation's
+	// messages are published. It may read (Describe…, List…) but must not create, cancel or
+	// delete jobs or fire timers: those wait for the operation that is calling it.
 	OnEvent func(Event)
 }
 
