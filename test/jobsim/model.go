@@ -314,7 +314,14 @@ func sameSet(a, b []execKey) bool {
 }
 
 func (m *model) event(eff *effects, kind string, e *execution, detail string) {
-	ev := Event{Time: m.now(), Kind: kind, Detail: detail}
+	m.eventAt(eff, m.now(), kind, e, detail)
+}
+
+// eventAt records an event at a time the caller already decided by: a rollout's releases carry
+// the instant their minute's budget was counted at, so the log shows the rate that was kept (a
+// stamp read later, after a pause, put the next minute's batch less than a minute after it).
+func (m *model) eventAt(eff *effects, at time.Time, kind string, e *execution, detail string) {
+	ev := Event{Time: at, Kind: kind, Detail: detail}
 	if e != nil {
 		ev.JobID, ev.Thing, ev.ExecutionNumber, ev.Status = e.job.id, e.thing, e.number, e.status
 		if (kind == EventStatus || kind == EventUpdated) && len(e.details) > 0 {

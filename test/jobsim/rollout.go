@@ -347,7 +347,7 @@ func (m *model) advance(j *job, eff *effects) {
 			for _, e := range release {
 				e.notified = true
 				e.queueSeq = m.next()
-				m.event(eff, EventNotified, e, "rolled out")
+				m.eventAt(eff, now, EventNotified, e, "rolled out")
 			}
 			if j.ro != nil {
 				j.ro.releasedInWindow += len(release)

@@ -297,3 +297,57 @@ func TestListExecutionsPagesAndFilters(t *testing.T) {
 		t.Fatal("bad token accepted")
 	}
 }
+
+// TestPauseWhileReleasingNeverShowsMoreThanTheRate: a loaded machine pauses while the first
+// minute's batch is released, and the next minute's timer fires on time. Each release carries the
+// instant its minute's budget was counted at, so no span of one minute in the event log holds
+// more than maximumPerMinute (stamps read after the pause put all of the next batch less than a
+// minute after the first).
+func TestPauseWhileReleasingNeverShowsMoreThanTheRate(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	slow := true
+	clock := func() time.Time {
+		if slow {
+			now = now.Add(2 * time.Second) // every read during the first batch costs time
+		}
+		return now
+	}
+	m := newModel(clock, time.Minute)
+	_, eff, err := m.createJob(CreateJobInput{JobID: "j", Document: `{"operation":"install"}`, Targets: things(6),
+		JobExecutionsRolloutConfig: &RolloutConfig{MaximumPerMinute: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow = false
+	var at []time.Time
+	collect := func(eff effects) {
+		for _, ev := range eff.events {
+			if ev.Kind == EventNotified {
+				at = append(at, ev.Time)
+			}
+		}
+	}
+	collect(eff)
+	for range 5 {
+		wake := m.nextDeadline()
+		if wake.IsZero() {
+			break
+		}
+		now = wake // the timer fires on time
+		collect(m.tick())
+	}
+	if len(at) != 6 {
+		t.Fatalf("%d released, want 6", len(at))
+	}
+	for i := range at {
+		in := 0
+		for _, o := range at[i:] {
+			if o.Sub(at[i]) < time.Minute {
+				in++
+			}
+		}
+		if in > 3 {
+			t.Fatalf("%d releases within one minute from %s: %v", in, at[i].Format("15:04:05"), at)
+		}
+	}
+}
