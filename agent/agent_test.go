@@ -436,6 +436,8 @@ func TestPresignedURLExpiringMidDownloadIsRefreshedAndCompletes(t *testing.T) {
 	big := h.throttled("big.bin", 256<<10, 128<<10)
 	// Cut the connection half-way: the reconnect must then present a URL that has expired.
 	h.sim.Artifacts().SetFaults("bucket/big.bin", s3.Faults{RateBytesPerSec: 128 << 10, CutAtOffsets: []int64{128 << 10}})
+	// The step timer outlasts the jump below: the job must not time out in the emulator meanwhile.
+	h.cfg.Jobs.StepTimeoutMinutes = 180
 	h.createJob("expiring", h.seedDoc("big.bin", big, "4.0", work))
 	h.run()
 	h.waitFor("the first progress report", func() bool {
@@ -444,6 +446,7 @@ func TestPresignedURLExpiringMidDownloadIsRefreshedAndCompletes(t *testing.T) {
 		return err == nil && p != "" && p != "0"
 	})
 	clk.Advance(2 * time.Hour) // every URL minted so far is now past its 3600 s
+	h.sim.FireTimers()         // as the emulator would at any moment: the job has not timed out
 	ex := h.waitTerminal("expiring")
 	if ex.Status != "SUCCEEDED" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)

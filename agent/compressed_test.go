@@ -275,9 +275,13 @@ func TestDeltaURLExpiringMidwayIsRefreshedAndContinues(t *testing.T) {
 	r, _, nw, obj, m := deltaRig(t, 4<<20, true)
 	r.h.sim.Artifacts().SetFaults("bucket/rootfs.img", s3.Faults{RateBytesPerSec: 256 << 10})
 	r.compressedJob("expiring", "rootfs.img", obj, m)
+	// The step timer outlasts the jump below: the job must not time out in the emulator meanwhile
+	// (the agent's next update would otherwise race the emulator's timer loop).
+	r.h.cfg.Jobs.StepTimeoutMinutes = 180
 	stop := r.boot(nil)
 	r.h.waitFor("the index and a first range of frames", func() bool { return len(served(r, http.StatusPartialContent)) >= 2 })
 	r.h.clk.Advance(2 * time.Hour) // every URL minted so far is past its 3600 s
+	r.h.sim.FireTimers()           // as the emulator would at any moment: the job has not timed out
 	r.h.waitFor("the reboot request", r.rebootRequested)
 	stop()
 	if len(served(r, http.StatusForbidden)) == 0 {
