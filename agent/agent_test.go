@@ -445,8 +445,7 @@ func TestPresignedURLExpiringMidDownloadIsRefreshedAndCompletes(t *testing.T) {
 		p := ex.StatusDetails.DetailsMap["progress"]
 		return err == nil && p != "" && p != "0"
 	})
-	clk.Advance(2 * time.Hour) // every URL minted so far is now past its 3600 s
-	h.sim.FireTimers()         // as the emulator would at any moment: the job has not timed out
+	h.advance(2 * time.Hour) // every URL minted so far is now past its 3600 s; the job has not timed out
 	ex := h.waitTerminal("expiring")
 	if ex.Status != "SUCCEEDED" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)

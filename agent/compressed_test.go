@@ -280,8 +280,7 @@ func TestDeltaURLExpiringMidwayIsRefreshedAndContinues(t *testing.T) {
 	r.h.cfg.Jobs.StepTimeoutMinutes = 180
 	stop := r.boot(nil)
 	r.h.waitFor("the index and a first range of frames", func() bool { return len(served(r, http.StatusPartialContent)) >= 2 })
-	r.h.clk.Advance(2 * time.Hour) // every URL minted so far is past its 3600 s
-	r.h.sim.FireTimers()           // as the emulator would at any moment: the job has not timed out
+	r.h.advance(2 * time.Hour) // every URL minted so far is past its 3600 s; the job has not timed out
 	r.h.waitFor("the reboot request", r.rebootRequested)
 	stop()
 	if len(served(r, http.StatusForbidden)) == 0 {
