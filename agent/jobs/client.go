@@ -336,9 +336,9 @@ func (c *Client) onConnect(mqtt.Client) {
 
 func (c *Client) afterConnect(gen uint64) {
 	for attempt := 1; ; attempt++ {
-		err := c.subscribe()
-		if err == nil {
-			err = c.subscribeExtra()
+		err := c.subscribe(c.t.subscriptions())
+		if err == nil && len(c.cfg.Extra) > 0 {
+			err = c.subscribe(c.cfg.Extra) // after the Jobs topics: a refusal here names only these
 		}
 		if err == nil {
 			break
@@ -391,9 +391,11 @@ func (c *Client) reportFirst(err error) {
 	}
 }
 
-func (c *Client) subscribe() error {
+// subscribe subscribes to topics at QoS 1 and waits for the SUBACK (bounded by SubscribeTimeout);
+// a filter the broker refuses (0x80) is ErrSubscriptionRefused naming it.
+func (c *Client) subscribe(topics []string) error {
 	filters := map[string]byte{}
-	for _, f := range c.t.subscriptions() {
+	for _, f := range topics {
 		filters[f] = qos
 	}
 	tok := c.mc.SubscribeMultiple(filters, c.onMessage)

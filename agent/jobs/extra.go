@@ -3,11 +3,8 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // Topics beyond the Jobs API (the `$package` named shadow, AWS IoT Commands): Config.Extra names
@@ -61,44 +58,6 @@ func (c *Client) deliverExtra() {
 			}
 		}
 	}
-}
-
-func (c *Client) subscribeExtra() error {
-	if len(c.cfg.Extra) == 0 {
-		return nil
-	}
-	filters := map[string]byte{}
-	for _, f := range c.cfg.Extra {
-		filters[f] = qos
-	}
-	tok := c.mc.SubscribeMultiple(filters, c.onMessage)
-	timer := time.NewTimer(c.cfg.SubscribeTimeout)
-	defer timer.Stop()
-	select {
-	case <-tok.Done():
-	case <-timer.C:
-		return fmt.Errorf("jobs: no SUBACK within %s", c.cfg.SubscribeTimeout)
-	case <-c.ctx.Done():
-		return ErrClosed
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("jobs: subscribe: %w", err)
-	}
-	st, ok := tok.(*mqtt.SubscribeToken)
-	if !ok {
-		return fmt.Errorf("jobs: subscribe: unexpected token %T", tok)
-	}
-	var refused []string
-	for f, granted := range st.Result() {
-		if granted == 0x80 {
-			refused = append(refused, f)
-		}
-	}
-	if len(refused) > 0 {
-		sort.Strings(refused)
-		return fmt.Errorf("%w: %s", ErrSubscriptionRefused, strings.Join(refused, ", "))
-	}
-	return nil
 }
 
 // Publish sends payload to topic at QoS 1 and waits for the broker's PUBACK (bounded by
