@@ -67,7 +67,7 @@ test-device:
 
 # Power-loss truth, the whole set (docs/power-loss.md): the board's writes recorded through QEMU's
 # blklogwrites, replayed to every flush point and between flushes, every class of states booted
-# (about 20 minutes). `make test-device` runs the fixed CI sample of the same tests.
+# (about 30 minutes). `make test-device` runs the fixed CI sample of the same tests.
 test-powercut:
 	scripts/device-deps.sh
 	FIELDOTA_POWERCUT=full $(GO) test -tags device -count=1 -v -timeout 90m -run 'TestPowerLoss' ./test/device/
