@@ -61,6 +61,7 @@ func (a *Agent) ranges(j *ota.Journal, i int, url string) download.RangesConfig 
 		MinSpeed:       dc.MinSpeed,
 		MinSpeedWindow: dc.MinSpeedWindow.Duration,
 		MaxSlow:        dc.MaxSlowWindows,
+		RateLimit:      dc.RateLimit,
 		Policy:         a.urlPolicy(),
 		Logger:         a.log,
 	}

@@ -238,6 +238,28 @@ func TestDeltaIntoAFileBackedSlotCommitsTheExactImageAndReportsTheSaving(t *test
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
+// TestDeltaOnAMeteredLinkKeepsToTheRateLimit: download.rate_limit_bytes_per_sec capped whole
+// downloads only; a delta's (and a compressed payload's) ranged reads took the line rate. They are
+// paced too: the frames the delta fetched take at least their size over the cap to arrive.
+func TestDeltaOnAMeteredLinkKeepsToTheRateLimit(t *testing.T) {
+	r, _, nw, obj, m := deltaRig(t, 4<<20, true)
+	const rate = 256 << 10
+	r.h.cfg.Download.RateLimit = rate
+	r.compressedJob("metered", "rootfs.img", obj, m)
+	t0 := time.Now()
+	stop := r.boot(nil)
+	r.h.waitFor("the reboot request", r.rebootRequested)
+	took := time.Since(t0)
+	stop()
+	if got, _ := os.ReadFile(r.board.Slots.B); !bytes.Equal(got, nw) {
+		t.Fatal("slot b is not the new image")
+	}
+	sent := r.h.sim.Artifacts().Stats("bucket/rootfs.img").BytesSent
+	if floor := time.Duration(float64(sent) / rate * float64(time.Second) * 0.9); took < floor {
+		t.Fatalf("the delta fetched %d bytes in %v; at %d bytes/s that takes at least %v", sent, took, rate, floor)
+	}
+}
+
 // TestDeltaTamperedFrameOrIndexEntryIsRefused: a delta frame of the object changed in S3 (the
 // block it yields fails its index hash), or a byte of the index (its signed digest fails):
 // DIGEST_MISMATCH at the download, the environment untouched, no reboot. Neither is a reason to

@@ -32,6 +32,7 @@ type Ranges struct {
 	closer func()
 	log    *slog.Logger
 	stats  RangeStats
+	paced  time.Time // RateLimit: when the bytes received so far are due; the next read waits for it
 }
 
 // RangesConfig describes the object. URL and Size are required.
@@ -55,6 +56,12 @@ type RangesConfig struct {
 	MinSpeed       int64
 	MinSpeedWindow time.Duration
 	MaxSlow        int
+
+	// RateLimit (bytes per second, 0 = unlimited) paces every range of the object together, as
+	// Download paces its one stream (download.rate_limit_bytes_per_sec): a metered link gets the
+	// same cap whether the payload comes whole, compressed or as a delta's missing frames. The
+	// time between ranges earns no burst.
+	RateLimit int64
 
 	// Policy, if set, is applied to the URL, every fresh URL, every redirect and every address
 	// connected to (with the default client): HOST_NOT_ALLOWED otherwise.
@@ -184,6 +191,9 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 			}
 		}
 		want := min(int64(len(p)), rr.n-rr.got)
+		if rate := rr.r.cfg.RateLimit; rate > 0 {
+			want = min(want, max(rate/10, 1)) // pace in tenths of a second, well under any stall timeout
+		}
 		k, err := rr.resp.Body.Read(p[:want])
 		if k > 0 {
 			rr.wd.kick()
@@ -193,6 +203,11 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 			rr.tries, rr.refresh = 0, 0
 			if rr.r.cfg.Progress != nil {
 				rr.r.cfg.Progress(int64(k))
+			}
+			if perr := rr.pace(int64(k)); perr != nil {
+				rr.closeResp()
+				rr.err = perr
+				return k, perr
 			}
 		}
 		if rr.got == rr.n {
@@ -221,6 +236,27 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 			return k, nil
 		}
 	}
+}
+
+// pace waits until k more bytes fit RateLimit. The schedule is the Ranges', so consecutive ranges
+// share one budget; it restarts from now after an idle gap instead of bursting to catch up.
+func (rr *rangeReader) pace(k int64) error {
+	r := rr.r
+	if r.cfg.RateLimit <= 0 {
+		return nil
+	}
+	now := r.cfg.Clock.Now()
+	if r.paced.Before(now) {
+		r.paced = now
+	}
+	r.paced = r.paced.Add(time.Duration(float64(k) / float64(r.cfg.RateLimit) * float64(time.Second)))
+	if err := sleep(rr.ctx, r.cfg.Clock, r.paced.Sub(now)); err != nil {
+		return err
+	}
+	if rr.wd != nil {
+		rr.wd.kick() // waiting on our own pace is not a stall
+	}
+	return nil
 }
 
 func (rr *rangeReader) Close() error {

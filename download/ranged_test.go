@@ -179,3 +179,40 @@ func TestRangesKeepToTheDownloadPolicy(t *testing.T) {
 		})
 	}
 }
+
+// A metered link capped at rate_limit got the whole line rate from a delta or a compressed
+// payload: the cap held only for whole downloads. Ranges of one object now share the cap, and a
+// pause between ranges earns no burst.
+func TestRangesKeepToTheRateLimitAcrossRanges(t *testing.T) {
+	fx := artifact.New(t)
+	data := artifact.Image(1<<20, 5)
+	obj := fx.Put(t, "rl.bin", data)
+	const rate = 1 << 20 // bytes per second
+	r, err := download.NewRanges(download.RangesConfig{URL: fx.URL(obj), Size: int64(len(data)), RateLimit: rate,
+		RetryWaitMin: time.Millisecond, RetryWaitMax: 5 * time.Millisecond, Stall: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	read := func(off, n int64) time.Duration {
+		t0 := time.Now()
+		got, err := io.ReadAll(r.Open(context.Background(), off, n))
+		if err != nil || !bytes.Equal(got, data[off:off+n]) {
+			t.Fatalf("range %d+%d: %v", off, n, err)
+		}
+		return time.Since(t0)
+	}
+	// Three ranges of 192 KiB back to back: 576 KiB at 1 MiB/s is at least 0.56 s in all.
+	var took time.Duration
+	for i := range int64(3) {
+		took += read(i*300_000, 192<<10)
+	}
+	if took < 500*time.Millisecond {
+		t.Fatalf("576 KiB in three ranges at 1 MiB/s took %v", took)
+	}
+	// After an idle second the next range is paced from now, not sent at once to catch up.
+	time.Sleep(time.Second)
+	if d := read(900_000, 128<<10); d < 100*time.Millisecond {
+		t.Fatalf("128 KiB after a pause at 1 MiB/s took %v: the pause was spent as a burst", d)
+	}
+}
