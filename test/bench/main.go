@@ -622,7 +622,7 @@ func renderReport(dir, hashes string, a artifact, ours, floor, naive []measureme
 	fmt.Fprintf(&w, "- `uname -a`: %s\n", strings.TrimSpace(cmdOut("uname", "-a")))
 	fmt.Fprintf(&w, "- CPUs: %d (`nproc`: %s), model: %s\n", runtime.NumCPU(), strings.TrimSpace(cmdOut("nproc")), cpuModel())
 	fmt.Fprintf(&w, "- memory: %s\n", memTotal())
-	fmt.Fprintf(&w, "- work directory filesystem: %s (`%s`)\n", fsType(dir), dir)
+	fmt.Fprintf(&w, "- work directory filesystem: %s (a temporary directory)\n", fsType(dir))
 	fmt.Fprintf(&w, "- load average at the end: %s\n", loadAvg())
 	fmt.Fprintf(&w, "- %s; %s\n\n", runtime.Version(), strings.SplitN(cmdOut("curl", "--version"), "\n", 2)[0])
 

@@ -199,7 +199,7 @@ func run(ctx context.Context, devices, failEvery int) (string, error) {
 			"it sends a second `stage=download` update (the 100 %% progress report) and then an update with a stale expectedVersion that is refused VersionMismatch "+
 			"%.2f times per execution and resent (issue 12, item 1). Fixing both in the agent gives about 8.\n", m.perOp("DescribeJobExecution $next"), m.perOp("rejected: UpdateJobExecution VersionMismatch"))
 	}
-	fmt.Fprintf(&b, "\nFleet: %s\n\nLast status lines:\n\n```\n%s```\n\n", strings.TrimSpace(strings.TrimPrefix(readyLine, "fieldota sim fleet: ")), tail(string(statusOut), 6))
+	fmt.Fprintf(&b, "\nFleet: %s\n\nLast status lines:\n\n```\n%s```\n\n", withoutStateDir(strings.TrimSpace(strings.TrimPrefix(readyLine, "fieldota sim fleet: "))), tail(string(statusOut), 6))
 	return b.String(), nil
 }
 
@@ -424,4 +424,13 @@ func memTotal() string {
 		}
 	}
 	return "?"
+}
+
+// withoutStateDir drops the fleet's temporary state directory from its ready line: a machine path
+// has no place in BENCHMARKS.md.
+func withoutStateDir(line string) string {
+	if i := strings.LastIndex(line, ", state under "); i >= 0 {
+		return line[:i]
+	}
+	return line
 }
