@@ -64,6 +64,8 @@ type device struct {
 	cfgPath  string
 	key      crypto.Signer
 	agentLog *syncBuffer
+	// stepTimeoutMinutes is the agent's jobs.step_timeout_minutes (0: the default, 60).
+	stepTimeoutMinutes int
 }
 
 // env is an emulator plus one device.
@@ -89,6 +91,9 @@ type envOpts struct {
 	external                  *jobsim.ExternalBroker
 	endpoint                  string // broker URL for the agent when external
 	mqttCA, mqttCert, mqttKey string
+	// stepTimeoutMinutes: the agent's step timer; a test that moves the emulator's clock past
+	// the default 60 minutes sets it longer, or the job times out under the agent.
+	stepTimeoutMinutes int
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -116,6 +121,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.external != nil {
 		endpoint = o.endpoint
 	}
+	e.stepTimeoutMinutes = o.stepTimeoutMinutes
 	e.writeConfig(endpoint, o.mqttCA, o.mqttCert, o.mqttKey)
 	return e
 }
@@ -150,13 +156,17 @@ func (d *device) writeConfig(endpoint, ca, cert, key string) {
 	if cert != "" {
 		mqtt += fmt.Sprintf("ca_file = %q\ncert_file = %q\nkey_file = %q\nserver_name = \"localhost\"\n", ca, cert, key)
 	}
+	jobs := ""
+	if d.stepTimeoutMinutes > 0 {
+		jobs = fmt.Sprintf("step_timeout_minutes = %d\n", d.stepTimeoutMinutes)
+	}
 	body := fmt.Sprintf(`thing_name = %q
 state_dir = %q
 compatible = ["board-rev-c"]
 [mqtt]
 %s
 [jobs]
-progress_min_interval = "1ms"
+%sprogress_min_interval = "1ms"
 request_timeout = "2s"
 [verify]
 keys = [%q]
@@ -169,7 +179,7 @@ allowed_roots = [%q]
 autostart_timeout = "20s"
 [log]
 level = "debug"
-`, thing, d.stateDir, mqtt, filepath.Join(d.dir, "release.pub"), d.appRoot)
+`, thing, d.stateDir, mqtt, jobs, filepath.Join(d.dir, "release.pub"), d.appRoot)
 	d.cfgPath = filepath.Join(d.dir, "agent.toml")
 	if err := os.WriteFile(d.cfgPath, []byte(body), 0o600); err != nil {
 		d.t.Fatal(err)

@@ -230,7 +230,7 @@ func TestProcessesTwoQueuedJobsRunInOrder(t *testing.T) {
 func TestAgentProcessRefreshesAnExpiredURLMidDownload(t *testing.T) {
 	t.Parallel()
 	clk := &clock{}
-	e := newEnv(t, envOpts{clock: clk})
+	e := newEnv(t, envOpts{clock: clk, stepTimeoutMinutes: 180}) // outlasts the jump below
 	payload := make([]byte, 1<<20)
 	for i := range payload {
 		payload[i] = byte(i * 5)
@@ -244,7 +244,8 @@ func TestAgentProcessRefreshesAnExpiredURLMidDownload(t *testing.T) {
 		p := ex.StatusDetails.DetailsMap["progress"]
 		return err == nil && p != "" && p != "0"
 	})
-	clk.Advance(2 * time.Hour)
+	clk.Advance(2 * time.Hour) // every URL minted so far is past its 3600 s
+	e.sim.FireTimers()         // as the emulator would at any moment: the job has not timed out
 	if ex := e.waitTerminal("expiring", 30*time.Second); ex.Status != "SUCCEEDED" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
