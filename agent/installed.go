@@ -73,6 +73,21 @@ func loadInstalled(stateDir string) (installed, error) {
 	return m, nil
 }
 
+// InstalledVersions reads stateDir's installed.json as the agent does and returns the version
+// committed per target key (none recorded: empty). A record the agent would refuse is
+// errInstalledCorrupt. The power-loss judge (test/powercut/judge) reads recovered disks with it.
+func InstalledVersions(stateDir string) (map[string]string, error) {
+	m, err := loadInstalled(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(m))
+	for key, e := range m {
+		out[key] = e.Version
+	}
+	return out, nil
+}
+
 // recordInstalled records r as what runs at key.
 func recordInstalled(stateDir, key string, r *verify.Release) error {
 	m, err := loadInstalled(stateDir)

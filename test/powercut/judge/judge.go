@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/fieldota/fieldota/agent"
 	"github.com/fieldota/fieldota/ota"
 	"github.com/fieldota/fieldota/ota/durable"
 	"github.com/fieldota/fieldota/test/powercut/replay"
@@ -472,10 +473,7 @@ func (j *Judge) readData(part []byte) (*dataState, error) {
 		ds.journal = jl
 	}
 	// installed.json, read as the agent reads it (a corrupt record is refused, never emptied).
-	ds.installed, ds.installedOK = map[string]string{}, true
-	if b, ok := files[L.StateDir+"/installed.json"]; ok {
-		ds.installed, ds.installedOK = installedVersions(b)
-	}
+	ds.installed, ds.installedOK = readInstalled(stateDir)
 	ds.checkpoints, ds.cpOffsets = map[string]string{}, map[string]int64{}
 	ds.app = map[string]string{}
 	for p, b := range files {
@@ -809,28 +807,12 @@ func short(h string) string {
 	return h
 }
 
-// installedVersions reads installed.json as the agent does (agent/installed.go): per target key
-// an entry {"version": …, "signed": …, "files": …}, or the first format's bare version string.
-// A record that does not parse is refused whole, as the agent refuses it.
-func installedVersions(b []byte) (map[string]string, bool) {
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
+// readInstalled reads installed.json through the agent's own reader: a record the agent would
+// refuse is not OK (the agent then refuses every job), never read as empty.
+func readInstalled(stateDir string) (map[string]string, bool) {
+	m, err := agent.InstalledVersions(stateDir)
+	if err != nil {
 		return map[string]string{}, false
 	}
-	out := map[string]string{}
-	for key, v := range raw {
-		var bare string
-		if json.Unmarshal(v, &bare) == nil {
-			out[key] = bare
-			continue
-		}
-		var e struct {
-			Version string `json:"version"`
-		}
-		if err := json.Unmarshal(v, &e); err != nil {
-			return map[string]string{}, false
-		}
-		out[key] = e.Version
-	}
-	return out, true
+	return m, true
 }

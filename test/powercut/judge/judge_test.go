@@ -387,9 +387,13 @@ func TestJudgeReadsInstalledAsTheAgentWritesIt(t *testing.T) {
 		{"entry of the wrong shape", `{"slot": 7}`, map[string]string{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := installedVersions([]byte(tc.record))
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "installed.json"), []byte(tc.record), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := readInstalled(dir)
 			if ok != tc.ok || !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("installedVersions(%s) = %v, %v; want %v, %v", tc.record, got, ok, tc.want, tc.ok)
+				t.Fatalf("readInstalled(%s) = %v, %v; want %v, %v", tc.record, got, ok, tc.want, tc.ok)
 			}
 		})
 	}
