@@ -168,7 +168,7 @@ func TestSlotSucceededWithDestinationPackageVersionsThenRollbackCommandRestoresT
 		t.Fatalf("a restart with nothing changed wrote $package: version %d → %d, %d writes", before, after, r.agent.inv.writes.Load())
 	}
 
-	r.h.waitFor("the journal to go", func() bool { _, err := os.Stat(r.h.cfg.StateDir + "/journal.json"); return err != nil })
+	r.waitIdle()
 	id := r.h.command(`{"command":"rollback"}`)
 	r.rebootAndBoot()
 	ex := r.h.waitCommand(id, true)
@@ -202,7 +202,7 @@ func TestHealthCheckRollbackNeverShowsTheFailedVersionInPackage(t *testing.T) {
 	if ex.Status != "FAILED" || ex.StatusDetails.DetailsMap["rolledBack"] != "true" {
 		t.Fatalf("%s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
-	r.h.waitFor("the journal to go", func() bool { _, err := os.Stat(r.h.cfg.StateDir + "/journal.json"); return err != nil })
+	r.waitIdle()
 	id := r.h.command(`{"command":"report-inventory"}`)
 	if ex := r.h.waitCommand(id, true); ex.Status != commands.Succeeded {
 		t.Fatalf("report-inventory: %+v", ex)
@@ -244,4 +244,18 @@ func TestCommandWhileAJobRunsIsRejectedWithAReasonCode(t *testing.T) {
 	if ex := h.waitTerminal("slow"); ex.Status != "SUCCEEDED" {
 		t.Fatalf("the job: %s %v", ex.Status, ex.StatusDetails.DetailsMap)
 	}
+}
+
+// waitIdle waits until the agent has finished its job: the journal gone and the job no longer
+// running (the journal goes first: a command sent in between is refused as racing the job).
+func (r *slotRig) waitIdle() {
+	r.h.t.Helper()
+	r.h.waitFor("the agent to be idle", func() bool {
+		if _, err := os.Stat(r.h.cfg.StateDir + "/journal.json"); err == nil {
+			return false
+		}
+		r.agent.mu.Lock()
+		defer r.agent.mu.Unlock()
+		return r.agent.running == ""
+	})
 }

@@ -576,7 +576,9 @@ func TestStallReconnects(t *testing.T) {
 			})
 			f, path := e.sink("payload")
 			req := e.request(f, filepath.Join(e.dir, "ckpt"))
-			req.Stall = 300 * time.Millisecond
+			// Short against the 20 s stall, long enough that a loaded CI machine's pause in the
+			// healthy second request is not taken for one (300 ms once made it 3 requests).
+			req.Stall = time.Second
 			t0 := time.Now()
 			if _, err := Download(context.Background(), req); err != nil {
 				t.Fatal(err)
